@@ -1,0 +1,1 @@
+"""clawgate policy: route matching and the allow-list language. Pure; no I/O, no aiohttp."""

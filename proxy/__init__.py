@@ -1,0 +1,1 @@
+"""clawgate: the server half (listeners, sign-in, sessions, forwarding)."""
