@@ -481,8 +481,10 @@ def _criterion(loc: Loc, name: str, value: Any) -> Node:
         return ListCriterion("groups", Context.groups, _list_checks(loc, value, _group_value))
     if name.startswith("claim/"):
         path = name[len("claim/") :]
-        segments = tuple(s for s in re.split(r"[/.]", path))
-        if not path or any(s == "" for s in segments):
+        # Empty segments are allowed: a literal claim name such as
+        # "https://example.com/tenant" is looked up first, the split form only as fallback.
+        segments = tuple(re.split(r"[/.]", path))
+        if not path:
             raise PolicyError(loc, f"invalid claim name {name!r}")
         return ListCriterion(
             name, claim_subject(path, segments), _list_checks(loc, value, _claim_value)
