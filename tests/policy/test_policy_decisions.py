@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from policy_fixtures import WHO, facts
 
 from policy.parse import compile_route_policy
+from tests.policy.policy_fixtures import WHO, facts
 
 
 def allow(*criteria: Any, op: str = "or") -> dict[str, Any]:
