@@ -1,0 +1,149 @@
+"""The ``clawgate`` command: serve, check, secret, keygen, probe, policy, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from proxy.assertion import generate_signing_key
+from proxy.session import SessionCodec
+from proxy.settings import ConfigError
+
+DEFAULT_CONFIG = "config.yaml"
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("CLAWGATE_CONFIG") or DEFAULT_CONFIG)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.server import serve
+
+    path = _config_path(args.config)
+    try:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:  # pragma: no cover - uvloop is optional off Linux
+            pass
+        asyncio.run(serve(path))
+    except ConfigError as exc:
+        print("clawgate: the configuration is not valid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"clawgate: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from proxy.snapshot import load_snapshot
+
+    path = _config_path(args.config)
+    try:
+        snap = load_snapshot(path)
+    except ConfigError as exc:
+        print(f"{path}: INVALID", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    s = snap.settings
+    scheme = "http (insecure_server)" if s.insecure_server else "https"
+    tls = (
+        f"certificate {s.certificate_file}"
+        if s.certificate_file
+        else ("none" if s.insecure_server else "self-signed (generated at start)")
+    )
+    print(f"{path}: OK")
+    print(f"  listen:   {s.address} ({scheme}), TLS: {tls}")
+    if s.http_redirect_addr:
+        print(f"  redirect: {s.http_redirect_addr} -> https")
+    if s.health_address:
+        print(f"  health:   {s.health_address} (/healthz, /readyz)")
+    print(f"  idp:      {s.idp_provider_url or '(none)'} client {s.idp_client_id or '-'}")
+    print(f"  cookie:   {snap.keys.cookie_name}, expires after {int(s.cookie_expire)}s, "
+          f"secret {'GENERATED AT START' if snap.keys.ephemeral_cookie_secret else 'set'}")
+    print(f"  signing:  {'GENERATED AT START' if snap.keys.ephemeral_signing_key else 'set'} "
+          f"(kid {snap.keys.signer.kid})")
+    print(f"  routes:   {len(snap.routes)}")
+    for route in snap.routes:
+        flags = [f for f, on in (("websockets", route.settings.allow_websockets),
+                                 ("identity headers", route.settings.pass_identity_headers),
+                                 ("PUBLIC", route.public)) if on]
+        print(f"    - {route.name} -> {route.settings.to}" + (f" [{', '.join(flags)}]" if flags else ""))
+    return 0
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    print(SessionCodec.new_secret())
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    sys.stdout.write(generate_signing_key())
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """GET a URL; exit 0 on 2xx. For container health checks (no curl in slim images)."""
+    ctx = ssl.create_default_context()
+    if args.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout, context=ctx) as resp:  # noqa: S310
+            ok = 200 <= resp.status < 300
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"probe failed: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clawgate", description="Identity-aware proxy for OpenClaw")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the proxy")
+    p.add_argument("--config", help="config file (default ./config.yaml or $CLAWGATE_CONFIG)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check", help="validate a config file and summarize it")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("secret", help="print a new random cookie_secret")
+    p.set_defaults(func=cmd_secret)
+
+    p = sub.add_parser("keygen", help="print a new EC P-256 signing_key (PEM)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("probe", help="GET a URL, exit 0 on 2xx (health checks)")
+    p.add_argument("--url", default="http://127.0.0.1:28080/healthz")
+    p.add_argument("--insecure", action="store_true", help="accept any TLS certificate")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_probe)
+
+    from proxy.cli_policy import add_policy_commands
+
+    add_policy_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

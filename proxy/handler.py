@@ -1,0 +1,239 @@
+"""The request path: route, identity, decision, upstream.
+
+Data flows one way. The policy decides on the normalized path, and the upstream
+receives exactly that path, so what was checked is what is served.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from policy.model import RequestFacts
+from policy.paths import UnsafePathError, normalize_path
+from policy.routes import rewrite_path
+from proxy import pages
+from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
+from proxy.forward import UpstreamError, UpstreamRequest, forward_http, upstream_headers
+from proxy.identity import apply_cookies, request_host, resolve, to_identity
+from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, Runtime, USER, client_ip
+from proxy.session import Session
+from proxy.snapshot import Route, Snapshot
+from proxy.websocket import LiveConnection, relay
+
+log = structlog.get_logger("clawgate.proxy")
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    upgrade = request.headers.get("Upgrade", "").lower()
+    connection = request.headers.get("Connection", "").lower()
+    return upgrade == "websocket" and "upgrade" in connection
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    runtime: Runtime = request.app[RUNTIME]
+    snap = runtime.snapshot
+    rid = request.get(REQUEST_ID)
+    raw_path, _, query = request.raw_path.partition("?")
+    if raw_path == "/ping":
+        return web.Response(text="OK", headers={"Cache-Control": "no-store"})
+    try:
+        path = normalize_path(raw_path)
+    except UnsafePathError as exc:
+        log.info("request_rejected", reason="unsafe_path", detail=str(exc))
+        return pages.error(request, 400, "Bad request", "The request path is not acceptable.",
+                           error_code="unsafe_path", request_id=rid)
+    if path.startswith("/.clawgate") or path == JWKS_PATH:
+        endpoint = ENDPOINTS.get(path)
+        route_name = snap.hosts.match(request.host, "/")
+        if endpoint is None or route_name is None:
+            return _not_found(request, rid)
+        request[ROUTE_NAME] = route_name
+        return await endpoint(runtime, request, route_name)
+    route = snap.table.match(request.host, path)
+    if route is None:
+        return _not_found(request, rid)
+    request[ROUTE_NAME] = route.name
+    resolved = await resolve(runtime, request)
+    session = resolved.session
+    identity = to_identity(session) if session is not None else None
+    if session is not None:
+        request[USER] = session.email or session.sub
+    ip = client_ip(request, snap.settings.xff_num_trusted_hops)
+    facts = RequestFacts(request.method, path, ip, datetime.now(UTC))
+    decision = route.policy.decide(facts, identity)
+    log.info(
+        "authorization",
+        allow=decision.allow,
+        reason=decision.reason,
+        route=route.name,
+        user=request.get(USER),
+        method=request.method,
+        path=path,
+    )
+    max_age = int(snap.settings.cookie_expire)
+    if not decision.allow:
+        if identity is None:
+            return await _anonymous(runtime, request, resolved, request.raw_path)
+        response = pages.error(
+            request, 403, "Access denied",
+            "You are signed in, but this account is not allowed here.",
+            error_code="forbidden", request_id=rid, user=session.email or session.sub
+            if session else None, csrf=session.csrf if session else None,
+        )
+        apply_cookies(response, snap.settings, resolved, max_age)
+        return response
+    target = _upstream_url(route, path, query)
+    websocket = is_websocket_upgrade(request)
+    headers = upstream_headers(
+        request,
+        host=request.host if route.settings.preserve_host_header else _authority(route.upstream),
+        client_ip=ip,
+        scheme="https" if runtime.secure else request.scheme,
+        strip=snap.identity_headers | route.remove_headers,
+        cookie_prefix=snap.keys.cookie_name,
+        set_headers=route.request_headers,
+        identity=_identity_headers(snap, route, session, request),
+        websocket=websocket,
+    )
+    if rid:
+        headers["X-Request-Id"] = rid
+    try:
+        if websocket:
+            return await _websocket(runtime, request, route, session, path, ip, target, headers)
+        response = await forward_http(
+            request,
+            runtime.http,
+            UpstreamRequest(
+                url=target,
+                headers=headers,
+                timeout=route.timeout,
+                idle_timeout=route.idle_timeout,
+                response_headers=route.response_headers,
+                ssl=not route.settings.tls_skip_verify,
+            ),
+            # A refreshed session's new cookie rides on the proxied response's head.
+            on_head=(lambda r: apply_cookies(r, snap.settings, resolved, max_age))
+            if resolved.set_cookies or resolved.clear_cookies
+            else None,
+        )
+    except UpstreamError as exc:
+        return _upstream_failed(request, exc, rid)
+    return response
+
+
+async def _websocket(
+    runtime: Runtime,
+    request: web.Request,
+    route: Route,
+    session: Session | None,
+    path: str,
+    ip: str,
+    target: URL,
+    headers: CIMultiDict[str],
+) -> web.StreamResponse:
+    rid = request.get(REQUEST_ID)
+    if not route.settings.allow_websockets:
+        return pages.error(request, 403, "WebSockets not allowed",
+                           "This route does not accept WebSocket connections.",
+                           error_code="websocket_not_allowed", request_id=rid)
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in route.allowed_origins:
+        # Cross-site WebSocket hijacking: the browser attaches our cookie to any site's
+        # upgrade request, so only the route's own origin (or a listed one) may open one.
+        log.warning("websocket_origin_refused", route=route.name)
+        return pages.error(request, 403, "WebSocket refused",
+                           "The WebSocket was opened from a page on another site.",
+                           error_code="origin_not_allowed", request_id=rid)
+    if runtime.draining:
+        raise web.HTTPServiceUnavailable(text="shutting down")
+    conn = LiveConnection(session=session, host=request.host, path=path, source_ip=ip)
+    return await relay(
+        request,
+        runtime.http,
+        target,
+        headers,
+        conn,
+        runtime.registry,
+        connect_timeout=route.timeout or runtime.snapshot.settings.default_upstream_timeout,
+        idle_timeout=route.idle_timeout,
+        verify_tls=not route.settings.tls_skip_verify,
+    )
+
+
+def _identity_headers(
+    snap: Snapshot, route: Route, session: Session | None, request: web.BaseRequest
+) -> dict[str, str]:
+    if not route.settings.pass_identity_headers:
+        return {}
+    settings = snap.settings
+    out: dict[str, str] = {}
+    if session is not None:
+        out[settings.jwt_assertion_header] = snap.keys.signer.sign(
+            session, audience=request_host(request), now=int(time.time())
+        )
+    else:
+        out[settings.jwt_assertion_header] = ""
+    for header, claim in settings.jwt_claims_headers.items():
+        out[header] = _claim_value(session, claim) if session is not None else ""
+    return out
+
+
+def _claim_value(session: Session, claim: str) -> str:
+    if claim == "email":
+        return session.email or ""
+    if claim in ("sub", "user"):
+        return session.sub
+    if claim == "groups":
+        return ",".join(session.groups)
+    value = session.claims.get(claim)
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    text = str(value)
+    # A claim value must not be able to inject header lines.
+    return "" if any(c in text for c in "\r\n\x00") else text
+
+
+def _authority(url: URL) -> str:
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if url.explicit_port is not None:
+        return f"{host}:{url.explicit_port}"
+    return host
+
+
+def _upstream_url(route: Route, path: str, query: str) -> URL:
+    settings = route.settings
+    if settings.prefix_rewrite is not None and settings.prefix is not None:
+        path = rewrite_path(path, settings.prefix, settings.prefix_rewrite)
+    base = route.upstream
+    base_path = base.raw_path.rstrip("/")
+    full = f"{base.scheme}://{_authority(base)}{base_path}{path}"
+    if query:
+        full += f"?{query}"
+    return URL(full, encoded=True)
+
+
+def _not_found(request: web.Request, rid: str | None) -> web.Response:
+    return pages.error(request, 404, "Not found", "No route matches this address.",
+                       error_code="no_route", request_id=rid)
+
+
+def _upstream_failed(request: web.Request, exc: UpstreamError, rid: str | None) -> web.Response:
+    log.warning("upstream_failed", reason=exc.reason, status=exc.status)
+    if exc.status == 504:
+        return pages.error(request, 504, "Upstream timed out",
+                           "The service behind clawgate did not answer in time.",
+                           error_code="upstream_timeout", request_id=rid)
+    return pages.error(request, 502, "Upstream unavailable",
+                       "The service behind clawgate cannot be reached right now.",
+                       error_code="upstream_unavailable", request_id=rid)
+

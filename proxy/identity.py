@@ -1,0 +1,224 @@
+"""Who is asking: session cookie -> Session (refreshed when due) -> policy Identity.
+
+Anything wrong with a cookie makes the request anonymous (and clears the cookie);
+it never grants anything. A refresh that fails ends the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from policy.model import Identity
+from proxy.oidc import OidcError, SignInResult
+from proxy.runtime import Runtime
+from proxy.session import Session, SessionError, parse_cookie_header
+from proxy.settings import Settings
+from proxy.snapshot import Snapshot
+
+log = structlog.get_logger("clawgate.identity")
+
+# Claims that describe the token, not the user: not worth a cookie byte.
+_PROTOCOL_CLAIMS = frozenset(
+    {"iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "auth_time", "sid",
+     "azp", "jti", "acr", "amr", "s_hash"}
+)
+_refreshing: dict[str, asyncio.Future[Session | None]] = {}
+
+
+@dataclass
+class Resolved:
+    session: Session | None
+    set_cookies: list[tuple[str, str]] = field(default_factory=list)
+    clear_cookies: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+def request_host(request: web.BaseRequest) -> str:
+    """Lower-case host of the request without the default port (what sessions bind to)."""
+    host = request.host.lower()
+    return host[:-4] if host.endswith(":443") else host
+
+
+def session_host(settings: Settings, request: web.BaseRequest) -> str:
+    # With cookie_domain the cookie is shared on purpose; otherwise bind it to this host.
+    return "" if settings.cookie_domain else request_host(request)
+
+
+def read_cookies(request: web.BaseRequest, snapshot: Snapshot) -> dict[str, str]:
+    return parse_cookie_header(request.headers.get("Cookie", ""), snapshot.keys.cookie_name)
+
+
+async def resolve(runtime: Runtime, request: web.BaseRequest) -> Resolved:
+    snap = runtime.snapshot
+    cookies = read_cookies(request, snap)
+    codec = snap.keys.codec
+    now = int(time.time())
+    try:
+        session = codec.decode(cookies, host=session_host(snap.settings, request), now=now)
+    except SessionError as exc:
+        log.info("session_rejected", reason=exc.reason)
+        return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem=exc.reason)
+    if session is None:
+        return Resolved(None)
+    if session.sid in runtime.revoked:
+        return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem="signed_out")
+    if not session.needs_refresh(now):
+        return Resolved(session)
+    refreshed = await refresh(runtime, session)
+    if refreshed is None:
+        return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem="refresh_failed")
+    pairs = codec.encode(refreshed)
+    stale = [n for n in codec.chunk_names(cookies) if n not in {p[0] for p in pairs}]
+    return Resolved(refreshed, set_cookies=pairs, clear_cookies=stale)
+
+
+async def refresh(runtime: Runtime, session: Session) -> Session | None:
+    """Refresh with the IdP, once per session at a time; None when it cannot be done."""
+    if session.refresh_token is None or runtime.oidc is None:
+        log.info("session_refresh_impossible", user=session.email or session.sub)
+        return None
+    pending = _refreshing.get(session.sid)
+    if pending is not None:
+        return await asyncio.shield(pending)
+    future: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
+    _refreshing[session.sid] = future
+    try:
+        result = await runtime.oidc.refresh(session.refresh_token, session.id_token)
+        updated = apply_refresh(runtime.snapshot.settings, session, result)
+        log.info("session_refreshed", user=updated.email or updated.sub)
+    except OidcError as exc:
+        log.warning("session_refresh_failed", reason=exc.reason, user=session.email or session.sub)
+        updated = None
+    finally:
+        _refreshing.pop(session.sid, None)
+    future.set_result(updated)
+    return updated
+
+
+def apply_refresh(settings: Settings, session: Session, result: SignInResult) -> Session:
+    claims = result.claims
+    if claims.get("sub") not in (None, session.sub):
+        raise OidcError("subject_changed", "the refreshed identity is a different user")
+    if not claims or "email" not in claims:
+        return session.with_refreshed(
+            refresh_at=result.expires_at,
+            id_token=result.id_token,
+            refresh_token=result.refresh_token,
+        )
+    fields = identity_fields(settings, claims)
+    return session.with_refreshed(
+        refresh_at=result.expires_at,
+        id_token=result.id_token,
+        refresh_token=result.refresh_token,
+        email=fields["email"],
+        email_verified=fields["email_verified"],
+        groups=fields["groups"],
+        claims=fields["claims"],
+    )
+
+
+def identity_fields(settings: Settings, claims: Mapping[str, Any]) -> dict[str, Any]:
+    email = claims.get("email")
+    verified = claims.get("email_verified")
+    raw_groups = _claim_path(claims, settings.idp_groups_claim)
+    if isinstance(raw_groups, str):
+        groups = [raw_groups]
+    elif isinstance(raw_groups, list):
+        groups = [str(g) for g in raw_groups if isinstance(g, str | int)]
+    else:
+        groups = []
+    extra = {k: v for k, v in claims.items() if k not in _PROTOCOL_CLAIMS}
+    return {
+        "email": email if isinstance(email, str) else None,
+        "email_verified": verified if isinstance(verified, bool) else None,
+        "groups": groups,
+        "claims": extra,
+    }
+
+
+def _claim_path(claims: Mapping[str, Any], name: str) -> Any:
+    if name in claims:
+        return claims[name]
+    value: Any = claims
+    for part in name.replace(".", "/").split("/"):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def new_session(
+    settings: Settings, request: web.BaseRequest, result: SignInResult
+) -> Session:
+    fields = identity_fields(settings, result.claims)
+    now = int(time.time())
+    return Session.create(
+        sub=str(result.claims["sub"]),
+        email=fields["email"],
+        email_verified=fields["email_verified"],
+        groups=fields["groups"],
+        claims=fields["claims"],
+        host=session_host(settings, request),
+        now=now,
+        lifetime=int(settings.cookie_expire),
+        refresh_at=result.expires_at,
+        refresh_token=result.refresh_token,
+        id_token=result.id_token,
+    )
+
+
+_identity_cache: dict[str, tuple[Session, Identity]] = {}
+
+
+def to_identity(session: Session) -> Identity:
+    """Policy view of a session; memoized per sid (sessions are immutable)."""
+    hit = _identity_cache.get(session.sid)
+    if hit is not None and hit[0] is session:
+        return hit[1]
+    identity = Identity(
+        sub=session.sub,
+        email=session.email,
+        email_verified=session.email_verified,
+        groups=frozenset(session.groups),
+        claims=session.claims,
+    )
+    if len(_identity_cache) > 10000:
+        _identity_cache.clear()
+    _identity_cache[session.sid] = (session, identity)
+    return identity
+
+
+def cookie_attributes(settings: Settings) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "path": "/",
+        "secure": not settings.insecure_server,
+        "httponly": settings.cookie_http_only,
+        "samesite": settings.cookie_same_site.capitalize(),
+    }
+    if settings.cookie_domain:
+        attrs["domain"] = settings.cookie_domain
+    return attrs
+
+
+def apply_cookies(
+    response: web.StreamResponse, settings: Settings, resolved: Resolved, max_age: int | None
+) -> None:
+    attrs = cookie_attributes(settings)
+    for name, value in resolved.set_cookies:
+        response.set_cookie(name, value, max_age=max_age, **attrs)
+    for name in resolved.clear_cookies:
+        response.del_cookie(
+            name,
+            path="/",
+            domain=attrs.get("domain"),
+            secure=attrs["secure"],
+            httponly=attrs["httponly"],
+            samesite=attrs["samesite"],
+        )

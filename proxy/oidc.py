@@ -1,0 +1,374 @@
+"""OpenID Connect relying party: discovery, authorize, code exchange, refresh, sign-out.
+
+The protocol pieces (authorize URL, PKCE, token request bodies) come from authlib;
+ID tokens are verified with pyjwt against the provider's JWKS. All HTTP goes through
+the one aiohttp client session the server owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import jwt
+import structlog
+from authlib.common.security import generate_token
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+from yarl import URL
+
+log = structlog.get_logger("clawgate.oidc")
+
+# Asymmetric algorithms only: "none" and HMAC (which would let anyone holding the
+# public key forge tokens) are never accepted.
+_ALGS_BY_KTY = {
+    "RSA": ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"],
+    "EC": ["ES256", "ES384", "ES512"],
+    "OKP": ["EdDSA"],
+}
+_METADATA_TTL = 3600.0
+_JWKS_MIN_REFETCH = 10.0
+
+
+class OidcError(Exception):
+    """Sign-in failed. ``reason`` is for logs and metrics; ``message`` is safe to show."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    userinfo_endpoint: str | None
+    end_session_endpoint: str | None
+
+
+@dataclass(frozen=True)
+class SignInResult:
+    """What the provider told us about the user, verified."""
+
+    claims: dict[str, Any]
+    id_token: str | None
+    refresh_token: str | None
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class AuthorizeRequest:
+    url: str
+    state: str
+    nonce: str
+    code_verifier: str
+
+
+class OidcClient:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        *,
+        issuer: str,
+        client_id: str,
+        client_secret: str,
+        scopes: Sequence[str],
+        request_params: Mapping[str, str],
+        leeway: float,
+        timeout: float,
+    ) -> None:
+        self._http = http
+        self.issuer = issuer.rstrip("/")
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._scopes = " ".join(scopes)
+        self._request_params = dict(request_params)
+        self._leeway = leeway
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._metadata: ProviderMetadata | None = None
+        self._metadata_at = 0.0
+        self._jwks: dict[str, jwt.PyJWK] = {}
+        self._jwks_at = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._metadata is not None
+
+    # ---- discovery and keys -------------------------------------------------
+
+    async def metadata(self) -> ProviderMetadata:
+        now = time.monotonic()
+        if self._metadata is not None and now - self._metadata_at < _METADATA_TTL:
+            return self._metadata
+        async with self._lock:
+            if self._metadata is not None and time.monotonic() - self._metadata_at < _METADATA_TTL:
+                return self._metadata
+            try:
+                doc = await self._get_json(f"{self.issuer}/.well-known/openid-configuration")
+                meta = _parse_metadata(doc, self.issuer)
+            except OidcError:
+                if self._metadata is not None:
+                    # A provider hiccup must not end sign-ins that the cached document serves.
+                    log.warning("idp_discovery_refresh_failed", issuer=self.issuer)
+                    self._metadata_at = time.monotonic() - _METADATA_TTL + 60
+                    return self._metadata
+                raise
+            self._metadata = meta
+            self._metadata_at = time.monotonic()
+            return meta
+
+    async def _key_for(self, kid: str | None) -> jwt.PyJWK:
+        key = self._find_key(kid)
+        if key is not None:
+            return key
+        # Unknown kid: the provider may have rotated keys. Refetch, but not in a loop.
+        if time.monotonic() - self._jwks_at >= _JWKS_MIN_REFETCH or not self._jwks:
+            await self._load_jwks()
+            key = self._find_key(kid)
+            if key is not None:
+                return key
+        raise OidcError("unknown_signing_key", "the ID token is signed with an unknown key")
+
+    def _find_key(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is not None:
+            return self._jwks.get(kid)
+        if len(self._jwks) == 1:
+            return next(iter(self._jwks.values()))
+        return None
+
+    async def _load_jwks(self) -> None:
+        meta = await self.metadata()
+        doc = await self._get_json(meta.jwks_uri)
+        keys: dict[str, jwt.PyJWK] = {}
+        for i, raw in enumerate(doc.get("keys", []) if isinstance(doc, dict) else []):
+            if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
+                continue
+            try:
+                key = jwt.PyJWK(raw)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+                continue  # keys we cannot use (unknown kty/alg) are skipped, not fatal
+            keys[str(raw.get("kid", f"#{i}"))] = key
+        self._jwks = keys
+        self._jwks_at = time.monotonic()
+
+    async def _get_json(self, url: str) -> Any:
+        try:
+            async with self._http.get(url, timeout=self._timeout, allow_redirects=False) as resp:
+                if resp.status != 200:
+                    raise OidcError("idp_http_error", f"the identity provider answered {resp.status}")
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+            raise OidcError(
+                "idp_unreachable", f"the identity provider could not be reached ({type(exc).__name__})"
+            ) from None
+
+    # ---- authorization code flow -----------------------------------------
+
+    async def authorize(self, redirect_uri: str) -> AuthorizeRequest:
+        meta = await self.metadata()
+        state = generate_token(32)
+        nonce = generate_token(32)
+        verifier = generate_token(64)
+        url = prepare_grant_uri(
+            meta.authorization_endpoint,
+            self._client_id,
+            "code",
+            redirect_uri=redirect_uri,
+            scope=self._scopes,
+            state=state,
+            nonce=nonce,
+            code_challenge=create_s256_code_challenge(verifier),
+            code_challenge_method="S256",
+            **self._request_params,
+        )
+        return AuthorizeRequest(url=url, state=state, nonce=nonce, code_verifier=verifier)
+
+    async def exchange_code(
+        self, code: str, *, redirect_uri: str, code_verifier: str, nonce: str
+    ) -> SignInResult:
+        body = prepare_token_request(
+            "authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=code_verifier
+        )
+        tokens = await self._token_request(body)
+        id_token = tokens.get("id_token")
+        if not isinstance(id_token, str):
+            raise OidcError("no_id_token", "the identity provider returned no ID token")
+        claims = await self.verify_id_token(id_token, nonce=nonce)
+        return await self._result(tokens, claims, id_token, previous_refresh=None)
+
+    async def refresh(self, refresh_token: str, previous_id_token: str | None) -> SignInResult:
+        body = prepare_token_request("refresh_token", refresh_token=refresh_token)
+        tokens = await self._token_request(body)
+        id_token = tokens.get("id_token")
+        if isinstance(id_token, str):
+            claims = await self.verify_id_token(id_token, nonce=None)
+        else:
+            claims = {}
+            id_token = previous_id_token
+        return await self._result(tokens, claims, id_token, previous_refresh=refresh_token)
+
+    async def _result(
+        self,
+        tokens: Mapping[str, Any],
+        claims: dict[str, Any],
+        id_token: str | None,
+        previous_refresh: str | None,
+    ) -> SignInResult:
+        merged = dict(claims)
+        access_token = tokens.get("access_token")
+        if isinstance(access_token, str):
+            info = await self._userinfo(access_token)
+            sub = merged.get("sub")
+            if info and (sub is None or info.get("sub") == sub):
+                # ID-token claims win; userinfo only fills what the token left out.
+                for key, value in info.items():
+                    merged.setdefault(key, value)
+        if "sub" not in merged:
+            raise OidcError("no_subject", "the identity provider did not say who signed in")
+        now = int(time.time())
+        expiry: list[int] = []
+        if isinstance(claims.get("exp"), int):
+            expiry.append(int(claims["exp"]))
+        expires_in = tokens.get("expires_in")
+        if isinstance(expires_in, int | float) and expires_in > 0:
+            expiry.append(now + int(expires_in))
+        refresh = tokens.get("refresh_token")
+        return SignInResult(
+            claims=merged,
+            id_token=id_token,
+            refresh_token=refresh if isinstance(refresh, str) else previous_refresh,
+            expires_at=min(expiry) if expiry else now + 3600,
+        )
+
+    async def _token_request(self, body: str) -> dict[str, Any]:
+        meta = await self.metadata()
+        # RFC 6749 2.3.1: both halves are form-encoded before going into Basic auth.
+        auth = aiohttp.BasicAuth(quote(self._client_id, safe=""), quote(self._client_secret, safe=""))
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        try:
+            async with self._http.post(
+                meta.token_endpoint,
+                data=body,
+                headers=headers,
+                auth=auth,
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                payload = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+            raise OidcError(
+                "idp_unreachable",
+                f"the identity provider's token endpoint failed ({type(exc).__name__})",
+            ) from None
+        if status != 200 or not isinstance(payload, dict):
+            err = payload.get("error") if isinstance(payload, dict) else None
+            raise OidcError(
+                "token_error", f"the identity provider refused the token request ({err or status})"
+            )
+        return payload
+
+    async def _userinfo(self, access_token: str) -> dict[str, Any]:
+        meta = await self.metadata()
+        if meta.userinfo_endpoint is None:
+            return {}
+        try:
+            async with self._http.get(
+                meta.userinfo_endpoint,
+                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    log.warning("idp_userinfo_failed", status=resp.status)
+                    return {}
+                info = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError):
+            log.warning("idp_userinfo_failed", status=None)
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    # ---- ID token ---------------------------------------------------------
+
+    async def verify_id_token(self, id_token: str, *, nonce: str | None) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(id_token)
+        except jwt.PyJWTError:
+            raise OidcError("bad_id_token", "the ID token is malformed") from None
+        alg = header.get("alg")
+        kid = header.get("kid")
+        key = await self._key_for(kid if isinstance(kid, str) else None)
+        allowed = _ALGS_BY_KTY.get(str(key.key_type), [])
+        if key.algorithm_name and key.algorithm_name in allowed:
+            allowed = [key.algorithm_name]
+        if alg not in allowed:
+            raise OidcError("bad_id_token", "the ID token uses an algorithm that is not accepted")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                id_token,
+                key=key.key,
+                algorithms=allowed,
+                audience=self._client_id,
+                issuer=self.issuer if self._metadata is None else self._metadata.issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise OidcError("bad_id_token", f"the ID token was rejected ({type(exc).__name__})") from None
+        aud = claims.get("aud")
+        if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self._client_id:
+            raise OidcError("bad_id_token", "the ID token is meant for another client (azp)")
+        if nonce is not None:
+            got = claims.get("nonce")
+            if not isinstance(got, str) or not hmac.compare_digest(got, nonce):
+                raise OidcError("nonce_mismatch", "the ID token does not belong to this sign-in")
+        return claims
+
+    async def end_session_url(self, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
+        try:
+            meta = await self.metadata()
+        except OidcError:
+            return None
+        if meta.end_session_endpoint is None:
+            return None
+        query = {"post_logout_redirect_uri": post_logout_redirect_uri, "client_id": self._client_id}
+        if id_token_hint:
+            query["id_token_hint"] = id_token_hint
+        return str(URL(meta.end_session_endpoint).update_query(query))
+
+
+def _parse_metadata(doc: Any, issuer: str) -> ProviderMetadata:
+    if not isinstance(doc, dict):
+        raise OidcError("bad_discovery", "the discovery document is not a JSON object")
+    if str(doc.get("issuer", "")).rstrip("/") != issuer.rstrip("/"):
+        raise OidcError("bad_discovery", "the discovery document names a different issuer")
+
+    def need(key: str) -> str:
+        value = doc.get(key)
+        if not isinstance(value, str) or not value:
+            raise OidcError("bad_discovery", f"the discovery document has no {key}")
+        return value
+
+    def maybe(key: str) -> str | None:
+        value = doc.get(key)
+        return value if isinstance(value, str) and value else None
+
+    return ProviderMetadata(
+        issuer=str(doc["issuer"]),
+        authorization_endpoint=need("authorization_endpoint"),
+        token_endpoint=need("token_endpoint"),
+        jwks_uri=need("jwks_uri"),
+        userinfo_endpoint=maybe("userinfo_endpoint"),
+        end_session_endpoint=maybe("end_session_endpoint"),
+    )

@@ -1,0 +1,77 @@
+"""What one running clawgate process shares between requests.
+
+The snapshot reference is the only thing that changes at run time (config reload);
+handlers read it once per request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from proxy.oidc import OidcClient
+from proxy.snapshot import Snapshot
+from proxy.websocket import ConnectionRegistry
+
+
+@dataclass
+class ReloadStatus:
+    """What the health endpoints and metrics say about the config on disk."""
+
+    in_force_generation: int = 1
+    disk_matches: bool = True
+    last_error: str | None = None
+    needs_restart: tuple[str, ...] = ()
+
+
+@dataclass
+class Runtime:
+    snapshot: Snapshot
+    http: aiohttp.ClientSession
+    oidc: OidcClient | None
+    registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
+    reload: ReloadStatus = field(default_factory=ReloadStatus)
+    started: float = field(default_factory=time.time)
+    draining: bool = False
+    # Signed-out session ids until their cookies would have expired anyway: a copy of a
+    # signed-out cookie must not keep working on this instance.
+    revoked: dict[str, int] = field(default_factory=dict)
+
+    def revoke(self, sid: str, until: int) -> None:
+        self.revoked[sid] = until
+
+    def prune_revoked(self, now: int) -> None:
+        for sid in [s for s, until in self.revoked.items() if until <= now]:
+            del self.revoked[sid]
+
+    @property
+    def secure(self) -> bool:
+        return not self.snapshot.settings.insecure_server
+
+
+def client_ip(request: web.BaseRequest, trusted_hops: int) -> str:
+    """The client's address: the peer, or with ``xff_num_trusted_hops`` N, the address
+    the N-th trusted proxy saw (counted from the right of X-Forwarded-For)."""
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    address = peer[0] if isinstance(peer, tuple) and peer else "0.0.0.0"  # noqa: S104
+    if trusted_hops <= 0:
+        return str(address)
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", ()) for h in v.split(",")]
+    hops = [h for h in hops if h]
+    if len(hops) < trusted_hops:
+        return str(address)
+    candidate = hops[-trusted_hops]
+    try:
+        return str(ipaddress.ip_address(candidate))
+    except ValueError:
+        return str(address)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+REQUEST_ID = web.RequestKey("request_id", str)
+ROUTE_NAME = web.RequestKey("route", str)
+USER = web.RequestKey("user", str)

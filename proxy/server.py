@@ -1,0 +1,344 @@
+"""Building and running the server: apps, listeners, config reload, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from proxy import pages
+from proxy.handler import handle
+from proxy.logging import configure as configure_logging
+from proxy.oidc import OidcClient, OidcError
+from proxy.policy_watch import reauthorize_connections
+from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, Runtime, USER
+from proxy.settings import ConfigError, Settings, parse_listen_address
+from proxy.snapshot import Snapshot, build_snapshot, changed_restart_keys
+from proxy.settings import load_settings
+from proxy.tls import CertificateStore
+from proxy.websocket import GOING_AWAY
+
+log = structlog.get_logger("clawgate.server")
+
+# Big enough for a chunked session cookie beside the upstream's own cookies.
+MAX_FIELD_SIZE = 32 * 1024
+MAX_LINE_SIZE = 16 * 1024
+
+
+def _request_id(request: web.BaseRequest, trust: bool) -> str:
+    if trust:
+        given = request.headers.get("X-Request-Id", "")
+        if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
+            return given
+    return secrets.token_hex(8)
+
+
+@web.middleware
+async def access_log(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Outermost: request id, one access-log line, and a page for anything unexpected."""
+    runtime: Runtime = request.app[RUNTIME]
+    rid = _request_id(request, runtime.snapshot.settings.xff_num_trusted_hops > 0)
+    request[REQUEST_ID] = rid
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers.setdefault("X-Request-Id", rid)
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers.setdefault("X-Request-Id", rid)
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = 499
+        raise
+    except Exception:
+        # The trace goes to the log only; the client gets a plain page with the id.
+        log.exception("unhandled_error", request_id=rid, path=request.path)
+        return pages.error(request, 500, "Internal error", "Something went wrong in clawgate.",
+                           error_code="internal_error", request_id=rid)
+    finally:
+        log.info(
+            "access",
+            request_id=rid,
+            method=request.method,
+            host=request.host,
+            path=request.path,
+            status=status,
+            duration_ms=round((time.perf_counter() - start) * 1000, 2),
+            user=request.get(USER),
+            route=request.get(ROUTE_NAME),
+        )
+
+
+def build_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[access_log], client_max_size=0, handler_args={
+        "max_field_size": MAX_FIELD_SIZE, "max_line_size": MAX_LINE_SIZE,
+    })
+    app[RUNTIME] = runtime
+    app.router.add_route("*", "/{tail:.*}", handle)
+
+    async def on_shutdown(app: web.Application) -> None:
+        runtime.draining = True
+        await runtime.registry.close_all(GOING_AWAY, "server shutting down")
+
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+def redirect_app(https_port: int) -> web.Application:
+    """Plain HTTP listener that only sends people to https (and answers /ping)."""
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        if request.path == "/ping":
+            return web.Response(text="OK")
+        host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+        if not host or any(c in host for c in "/\\@ "):
+            raise web.HTTPBadRequest(text="bad host")
+        port = "" if https_port == 443 else f":{https_port}"
+        raise web.HTTPMovedPermanently(f"https://{host}{port}{request.raw_path}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    return app
+
+
+def health_app(runtime: Runtime) -> web.Application:
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = []
+        if runtime.oidc is not None and not runtime.oidc.ready:
+            try:
+                await runtime.oidc.metadata()
+            except OidcError as exc:
+                problems.append(f"idp: {exc.reason}")
+        if runtime.draining:
+            problems.append("draining")
+        body = {
+            "status": "ok" if not problems else "not_ready",
+            "problems": problems,
+            "config_generation": runtime.reload.in_force_generation,
+            "config_on_disk_in_force": runtime.reload.disk_matches,
+            "config_error": runtime.reload.last_error,
+            "needs_restart": list(runtime.reload.needs_restart),
+        }
+        return web.json_response(body, status=200 if not problems else 503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def make_oidc(settings: Settings, http: aiohttp.ClientSession) -> OidcClient | None:
+    if not settings.idp_provider_url or not settings.idp_client_id:
+        return None
+    secret = settings.idp_client_secret.get_secret_value() if settings.idp_client_secret else ""
+    return OidcClient(
+        http,
+        issuer=settings.idp_provider_url,
+        client_id=settings.idp_client_id,
+        client_secret=secret,
+        scopes=settings.idp_scopes,
+        request_params=settings.idp_request_params,
+        leeway=settings.idp_clock_leeway,
+        timeout=settings.idp_timeout,
+    )
+
+
+def new_http_client() -> aiohttp.ClientSession:
+    # limit=0: the default 100-connection cap would make the 101st WebSocket hang.
+    # DummyCookieJar: a shared jar would replay one user's upstream cookies for another.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60,
+                                     keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        trust_env=False,
+    )
+
+
+def _hosts_for_cert(snapshot: Snapshot) -> list[str]:
+    hosts = {r.matcher.host.lstrip("*.") for r in snapshot.routes} | {"localhost", "127.0.0.1"}
+    return sorted(h for h in hosts if h)
+
+
+class ConfigWatcher:
+    """Polls the config file; applies route/policy changes, keeps the last good config."""
+
+    def __init__(self, runtime: Runtime, path: Path, interval: float = 1.0) -> None:
+        self._runtime = runtime
+        self._path = path
+        self._interval = interval
+        self._digest = self._read_digest()
+
+    def _read_digest(self) -> str | None:
+        try:
+            return hashlib.sha256(self._path.read_bytes()).hexdigest()
+        except OSError:
+            return None
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check()
+
+    async def check(self) -> None:
+        digest = self._read_digest()
+        if digest == self._digest:
+            return
+        self._digest = digest
+        runtime = self._runtime
+        old = runtime.snapshot
+        try:
+            settings, located = load_settings(self._path)
+            new = build_snapshot(settings, located, str(self._path), keys=old.keys,
+                                 generation=old.generation + 1)
+        except ConfigError as exc:
+            runtime.reload.disk_matches = False
+            runtime.reload.last_error = str(exc)
+            log.error("config_reload_failed", problems=exc.problems,
+                      detail="the last good configuration stays in force")
+            return
+        restart = changed_restart_keys(old.settings, new.settings)
+        if restart:
+            log.warning("config_needs_restart", keys=list(restart),
+                        detail="listener, identity provider and secret changes apply after a restart")
+            # Keep everything that cannot change while running as it is.
+            new = build_snapshot(
+                new.settings.model_copy(update={k: getattr(old.settings, k) for k in restart}),
+                located, str(self._path), keys=old.keys, generation=old.generation + 1,
+            )
+        runtime.snapshot = new
+        runtime.reload.in_force_generation = new.generation
+        runtime.reload.disk_matches = not restart
+        runtime.reload.last_error = None
+        runtime.reload.needs_restart = restart
+        log.info("config_reloaded", generation=new.generation, routes=len(new.routes))
+        await reauthorize_connections(runtime)
+
+
+async def serve(config_path: Path, *, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None, install_signals: bool = True) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``); then drain and return."""
+    settings, located = load_settings(config_path)
+    configure_logging(settings.log_level, settings.log_format)
+    snapshot = build_snapshot(settings, located, str(config_path))
+    if snapshot.keys.ephemeral_cookie_secret:
+        log.warning("cookie_secret_generated", detail="no cookie_secret configured: sessions "
+                    "end at restart and replicas cannot share them. Set one (clawgate secret).")
+    if snapshot.keys.ephemeral_signing_key:
+        log.warning("signing_key_generated", detail="no signing_key configured: the identity "
+                    "assertion key changes at restart; replicas must share one (clawgate keygen).")
+    if settings.insecure_server:
+        log.warning("insecure_server", detail="serving plain HTTP: only safe behind a "
+                    "TLS-terminating load balancer")
+    http = new_http_client()
+    runtime = Runtime(snapshot=snapshot, http=http, oidc=make_oidc(settings, http))
+    certs = None if settings.insecure_server else CertificateStore(
+        settings.certificate_file, settings.certificate_key_file, _hosts_for_cert(snapshot)
+    )
+    runners: list[web.AppRunner] = []
+    tasks: list[asyncio.Task[None]] = []
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT) if install_signals else ():
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        main = web.AppRunner(build_app(runtime), access_log=None, handle_signals=False,
+                             shutdown_timeout=settings.shutdown_timeout,
+                             keepalive_timeout=settings.timeout_idle)
+        await main.setup()
+        runners.append(main)
+        host, port = parse_listen_address(settings.address)
+        site = web.TCPSite(main, host or None, port, ssl_context=certs.context if certs else None,
+                           reuse_port=settings.workers > 1, backlog=1024)
+        await site.start()
+        bound = _bound_port(site) or port
+        log.info("listening", address=f"{host or '*'}:{bound}",
+                 scheme="http" if settings.insecure_server else "https",
+                 routes=[r.name for r in snapshot.routes])
+        if settings.http_redirect_addr:
+            r_host, r_port = parse_listen_address(settings.http_redirect_addr)
+            redirect = web.AppRunner(redirect_app(bound), access_log=None, handle_signals=False)
+            await redirect.setup()
+            runners.append(redirect)
+            await web.TCPSite(redirect, r_host or None, r_port, reuse_port=settings.workers > 1).start()
+        if settings.health_address:
+            h_host, h_port = parse_listen_address(settings.health_address)
+            health = web.AppRunner(health_app(runtime), access_log=None, handle_signals=False)
+            await health.setup()
+            runners.append(health)
+            with contextlib.suppress(OSError):  # a second worker finds the port taken
+                await web.TCPSite(health, h_host or None, h_port, reuse_port=True).start()
+        tasks.append(asyncio.create_task(ConfigWatcher(runtime, config_path).run()))
+        tasks.append(asyncio.create_task(_session_sweeper(runtime)))
+        if certs is not None:
+            tasks.append(asyncio.create_task(certs.watch()))
+        if runtime.oidc is not None:
+            tasks.append(asyncio.create_task(_warm_idp(runtime.oidc)))
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting_down", drain_seconds=settings.shutdown_timeout)
+    finally:
+        runtime.draining = True
+        for task in tasks:
+            task.cancel()
+        for runner in runners:
+            await runner.cleanup()
+        await http.close()
+        log.info("stopped")
+
+
+def _bound_port(site: web.TCPSite) -> int | None:
+    server = site._server  # aiohttp keeps the asyncio server here
+    sockets = getattr(server, "sockets", None) or []
+    for sock in sockets:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            return int(sock.getsockname()[1])
+    return None
+
+
+async def _warm_idp(oidc: OidcClient) -> None:
+    """Load discovery at start so the first sign-in is fast; retry quietly until it works."""
+    delay = 1.0
+    while True:
+        try:
+            await oidc.metadata()
+            log.info("idp_discovery_loaded", issuer=oidc.issuer)
+            return
+        except OidcError as exc:
+            log.warning("idp_discovery_failed", reason=exc.reason, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+async def _session_sweeper(runtime: Runtime, interval: float = 5.0) -> None:
+    from proxy.policy_watch import sweep_sessions
+
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweep_sessions(runtime)
+        except Exception:
+            log.exception("session_sweep_failed")

@@ -1,0 +1,445 @@
+"""The configuration file: one YAML document, Pomerium-compatible key names.
+
+Sources, strongest first: ``CLAWGATE_<KEY>`` environment variables, then the YAML
+file. Every secret may instead be read from a file named by ``<key>_file``.
+Unknown keys are errors (a typo must never silently weaken security), and every
+error names the file, line and key it is about.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from proxy.yamlsource import LocatedYaml, Loc, YamlError, load_located
+
+ENV_PREFIX = "CLAWGATE_"
+DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Go-style durations as Pomerium writes them (``30s``, ``14h``, ``1h30m``) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 14h")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 30s, 5m or 14h")
+    text = value.strip()
+    if text == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 5m, 14h, 1h30m)")
+    return total
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``:443`` / ``0.0.0.0:443`` / ``[::1]:8443`` -> (host, port); empty host = all."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r}: expected [ipv6]:port")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{value!r}: expected host:port or :port")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+class Duration(float):
+    """Marker type: seconds parsed from a Go-style duration string."""
+
+
+def _duration_or_none(value: object) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+class RouteSettings(BaseModel):
+    """One entry of ``routes:``. Policy keys are kept raw; ``policy/`` compiles them."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    from_: str = Field(alias="from")
+    to: str
+    name: str | None = None
+    path: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    prefix_rewrite: str | None = None
+    allow_websockets: bool = False
+    preserve_host_header: bool = False
+    pass_identity_headers: bool = False
+    set_request_headers: dict[str, str] = Field(default_factory=dict)
+    remove_request_headers: list[str] = Field(default_factory=list)
+    set_response_headers: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    tls_skip_verify: bool = False
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Policy: validated and compiled by policy.parse.compile_route_policy.
+    policy: Any = None
+    allowed_users: Any = None
+    allowed_domains: Any = None
+    allowed_idp_claims: Any = None
+    allow_public_unauthenticated_access: Any = None
+    allow_any_authenticated_user: Any = None
+    allow_unverified_email: Any = None
+
+    _check_timeouts = field_validator("timeout", "idle_timeout", mode="before")(
+        _duration_or_none
+    )
+
+    @field_validator("to")
+    @classmethod
+    def _upstream_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^\s?#]*)?$", value):
+            raise ValueError(f"{value!r}: expected an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_path_matcher(self) -> RouteSettings:
+        given = [k for k in ("path", "prefix", "regex") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"use at most one of path, prefix and regex (got {given})")
+        return self
+
+    def policy_source(self) -> dict[str, Any]:
+        """The route's policy keys as written, for ``policy.parse``."""
+        keys = (
+            "policy",
+            "allowed_users",
+            "allowed_domains",
+            "allowed_idp_claims",
+            "allow_public_unauthenticated_access",
+            "allow_any_authenticated_user",
+            "allow_unverified_email",
+        )
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class RateLimit(BaseModel):
+    """Token bucket: ``rate`` requests per second with ``burst`` in reserve."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimits(BaseModel):
+    """Per client IP and per user, separately for sign-in endpoints and proxied traffic."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sign_in_per_ip: RateLimit | None = RateLimit(rate=2.0, burst=20)
+    proxy_per_ip: RateLimit | None = None
+    proxy_per_user: RateLimit | None = None
+
+
+class Settings(BaseSettings):
+    """The whole configuration in force."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    # Listeners and TLS
+    address: str = ":443"
+    http_redirect_addr: str | None = None
+    certificate_file: Path | None = None
+    certificate_key_file: Path | None = None
+    insecure_server: bool = False
+    health_address: str | None = "127.0.0.1:28080"
+    metrics_address: str | None = None
+    workers: int = Field(default=1, ge=1, le=64)
+    timeout_read: float = 30.0
+    timeout_write: float = 0.0
+    timeout_idle: float = 300.0
+    timeout_header: float = 10.0
+    shutdown_timeout: float = 10.0
+    max_connections_per_ip: int = Field(default=256, ge=1)
+    xff_num_trusted_hops: int = Field(default=0, ge=0)
+    default_upstream_timeout: float = 30.0
+
+    # Identity provider
+    idp_provider_url: str | None = None
+    idp_client_id: str | None = None
+    idp_client_secret: SecretStr | None = None
+    idp_client_secret_file: Path | None = None
+    idp_scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+    idp_request_params: dict[str, str] = Field(default_factory=dict)
+    idp_groups_claim: str = "groups"
+    idp_clock_leeway: float = 60.0
+    idp_timeout: float = 10.0
+
+    # Session cookie
+    cookie_secret: list[SecretStr] = Field(default_factory=list)
+    cookie_secret_file: Path | None = None
+    cookie_name: str = "_clawgate"
+    cookie_expire: float = 14 * 3600.0
+    cookie_same_site: Literal["lax", "strict", "none"] = "lax"
+    cookie_domain: str | None = None
+    cookie_http_only: bool = True
+
+    # Identity assertion to the upstream
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    jwt_claims_headers: dict[str, str] = Field(default_factory=dict)
+    jwt_assertion_header: str = "X-Pomerium-Jwt-Assertion"
+
+    # Operations
+    log_level: Literal["debug", "info", "warning", "warn", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+
+    routes: list[RouteSettings] = Field(default_factory=list)
+
+    _durations = field_validator(
+        "timeout_read",
+        "timeout_write",
+        "timeout_idle",
+        "timeout_header",
+        "shutdown_timeout",
+        "default_upstream_timeout",
+        "idp_clock_leeway",
+        "idp_timeout",
+        "cookie_expire",
+        mode="before",
+    )(parse_duration)
+
+    @field_validator("log_level", "log_format", "cookie_same_site", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("idp_scopes", mode="before")
+    @classmethod
+    def _scopes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [s for s in re.split(r"[\s,]+", value) if s]
+        return value
+
+    @field_validator("cookie_secret", mode="before")
+    @classmethod
+    def _secret_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("address", "http_redirect_addr", "health_address", "metrics_address")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None and value != "":
+            parse_listen_address(value)
+        return value or None
+
+    @field_validator("idp_provider_url")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = re.match(r"^(https?)://([^/?#@\s]+)(/[^?#\s]*)?$", value)
+        if not match:
+            raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
+        if match.group(1) == "http" and not _is_loopback_authority(match.group(2)):
+            raise ValueError(
+                "the identity provider must use https (plain http is allowed only on a "
+                "loopback address, for local testing)"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret_files(cls, data: Any) -> Any:
+        """``<key>_file`` reads the secret from a file (Docker/Kubernetes secrets)."""
+        if not isinstance(data, dict):
+            return data
+        for key in ("idp_client_secret", "cookie_secret", "signing_key"):
+            path = data.get(f"{key}_file")
+            if path is None:
+                continue
+            if data.get(key) not in (None, "", []):
+                raise ValueError(f"set either {key} or {key}_file, not both")
+            try:
+                content = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"{key}_file: cannot read {path}: {exc.strerror}") from None
+            if key == "cookie_secret":
+                data[key] = [line.strip() for line in content.splitlines() if line.strip()]
+            elif key == "signing_key":
+                data[key] = content.strip()
+            else:
+                data[key] = content.strip()
+        return data
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if (self.certificate_file is None) != (self.certificate_key_file is None):
+            raise ValueError("certificate_file and certificate_key_file go together")
+        if self.insecure_server and self.certificate_file is not None:
+            raise ValueError("insecure_server serves plain HTTP: drop the certificate files")
+        if self.cookie_same_site == "none" and self.insecure_server:
+            raise ValueError("cookie_same_site: none needs Secure cookies (not insecure_server)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Init kwargs carry the YAML document; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def needs_idp(self) -> bool:
+        return any(r.allow_public_unauthenticated_access is not True for r in self.routes)
+
+
+def _is_loopback_authority(authority: str) -> bool:
+    host = authority
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    else:
+        host = host.rpartition(":")[0] if ":" in host else host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ConfigError(Exception):
+    """A configuration problem, pinned to file, line and key where possible."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def describe(source: str, located: LocatedYaml | None, loc: Loc, message: str) -> str:
+    """``config.yaml:12: routes[0].policy[0].allow.or[1]: unknown criterion 'emial'``."""
+    key = format_loc(loc)
+    env = _env_name(loc)
+    if env is not None:
+        return f"environment {env}: {key}: {message}"
+    line = located.line_of(loc) if located is not None else None
+    where = f"{source}:{line}" if line is not None else source
+    return f"{where}: {key or '(top level)'}: {message}"
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _env_name(loc: Loc) -> str | None:
+    if not loc or not isinstance(loc[0], str):
+        return None
+    name = ENV_PREFIX + loc[0].upper()
+    return name if name in os.environ else None
+
+
+def load_settings(path: str | Path) -> tuple[Settings, LocatedYaml]:
+    """Read, parse and validate the file at ``path``; :class:`ConfigError` on any defect."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read the configuration: {exc.strerror}"]) from None
+    return parse_settings(text, source)
+
+
+def parse_settings(text: str, source: str = "<config>") -> tuple[Settings, LocatedYaml]:
+    try:
+        located = load_located(text)
+    except YamlError as exc:
+        where = f"{source}:{exc.line}" if exc.line else source
+        raise ConfigError([f"{where}: {exc.message}"]) from None
+    data = located.data
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"{source}:1: the file must be a mapping of keys to values"])
+    try:
+        settings = Settings(**{str(k): v for k, v in data.items()})
+    except ValidationError as exc:
+        raise ConfigError(
+            [describe(source, located, _clean_loc(err["loc"]), _message(err)) for err in exc.errors()]
+        ) from None
+    return settings, located
+
+
+def _clean_loc(loc: tuple[int | str, ...]) -> Loc:
+    # pydantic adds union-branch names (e.g. 'str', 'list[...]') to locations.
+    return tuple(p for p in loc if isinstance(p, int) or not _is_type_tag(p))
+
+
+def _is_type_tag(part: str) -> bool:
+    return part in {"str", "int", "float", "bool", "dict", "list"} or "[" in part
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    kind = err.get("type")
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; unknown keys are refused so a typo cannot weaken security)"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err.get("msg", "invalid value"))
+    return msg.removeprefix("Value error, ")
+
+
+def field_names() -> set[str]:
+    return set(Settings.model_fields)
+
+
+def route_field_names() -> set[str]:
+    out: set[str] = set()
+    for name, info in RouteSettings.model_fields.items():
+        out.add(_alias(name, info))
+    return out
+
+
+def _alias(name: str, info: FieldInfo) -> str:
+    return info.alias or name

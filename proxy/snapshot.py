@@ -1,0 +1,253 @@
+"""The configuration in force, compiled: routes, policies, keys.
+
+A :class:`Snapshot` is immutable. Reloading builds a new one and the server swaps
+one reference, so a request always sees one consistent configuration. Keys and
+listeners are fixed at start: a reload that changes them is reported as needing a
+restart and keeps the running ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from yarl import URL
+
+from policy.engine import Policy
+from policy.parse import PolicyError, compile_route_policy
+from policy.routes import RouteMatcher, RouteTable, parse_from
+from proxy.assertion import AssertionSigner, generate_signing_key, load_signing_key
+from proxy.session import SessionCodec
+from proxy.settings import ConfigError, RouteSettings, Settings, describe, load_settings
+from proxy.yamlsource import LocatedYaml
+
+log = structlog.get_logger("clawgate.config")
+
+# Response headers on every proxied response unless a route overrides them.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "SAMEORIGIN",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+HSTS = "max-age=31536000; includeSubDomains"
+# Listener and secret keys: a running process cannot change these on reload.
+RESTART_KEYS = (
+    "address",
+    "http_redirect_addr",
+    "certificate_file",
+    "certificate_key_file",
+    "insecure_server",
+    "health_address",
+    "metrics_address",
+    "workers",
+    "idp_provider_url",
+    "idp_client_id",
+    "idp_client_secret",
+    "cookie_secret",
+    "cookie_name",
+    "cookie_domain",
+    "signing_key",
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    index: int
+    name: str
+    settings: RouteSettings
+    matcher: RouteMatcher
+    policy: Policy
+    upstream: URL
+    public: bool
+    origin: str
+    allowed_origins: frozenset[str]
+    request_headers: Mapping[str, str]
+    remove_headers: frozenset[str]
+    response_headers: Mapping[str, str]
+    timeout: float | None
+    idle_timeout: float | None
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Secrets fixed for the life of the process."""
+
+    codec: SessionCodec
+    signer: AssertionSigner
+    cookie_name: str
+    ephemeral_cookie_secret: bool
+    ephemeral_signing_key: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    settings: Settings
+    source: str
+    generation: int
+    routes: tuple[Route, ...]
+    table: RouteTable[Route]
+    hosts: RouteTable[str]
+    keys: Keys
+    identity_headers: frozenset[str]
+    restart_fingerprint: str
+    pending_restart: tuple[str, ...] = field(default=())
+
+
+def restart_fingerprint(settings: Settings) -> str:
+    digest = hashlib.sha256()
+    for key in RESTART_KEYS:
+        value = getattr(settings, key)
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = [v.get_secret_value() if hasattr(v, "get_secret_value") else v for v in value]
+        digest.update(f"{key}={value!r}\n".encode())
+    return digest.hexdigest()
+
+
+def changed_restart_keys(old: Settings, new: Settings) -> tuple[str, ...]:
+    changed = []
+    for key in RESTART_KEYS:
+        if restart_fingerprint_part(old, key) != restart_fingerprint_part(new, key):
+            changed.append(key)
+    return tuple(changed)
+
+
+def restart_fingerprint_part(settings: Settings, key: str) -> str:
+    value: Any = getattr(settings, key)
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    elif isinstance(value, list):
+        value = [v.get_secret_value() if hasattr(v, "get_secret_value") else v for v in value]
+    return hashlib.sha256(repr(value).encode()).hexdigest()
+
+
+def build_keys(settings: Settings) -> Keys:
+    """Session codec and assertion signer; generated (with a warning) when not configured."""
+    problems: list[str] = []
+    secrets: list[bytes] = []
+    for i, secret in enumerate(settings.cookie_secret):
+        try:
+            secrets.append(SessionCodec.parse_secret(secret.get_secret_value()))
+        except ValueError as exc:
+            problems.append(f"cookie_secret[{i}]: {exc}")
+    ephemeral_secret = not settings.cookie_secret
+    if ephemeral_secret:
+        secrets = [SessionCodec.parse_secret(SessionCodec.new_secret())]
+    key_text = settings.signing_key.get_secret_value() if settings.signing_key else None
+    ephemeral_key = key_text is None
+    try:
+        key = load_signing_key(key_text or generate_signing_key())
+    except ValueError as exc:
+        problems.append(f"signing_key: {exc}")
+        key = load_signing_key(generate_signing_key())
+    if problems:
+        raise ConfigError(problems)
+    cookie_name = effective_cookie_name(settings)
+    return Keys(
+        codec=SessionCodec(secrets, cookie_name),
+        signer=AssertionSigner(key),
+        cookie_name=cookie_name,
+        ephemeral_cookie_secret=ephemeral_secret,
+        ephemeral_signing_key=ephemeral_key,
+    )
+
+
+def effective_cookie_name(settings: Settings) -> str:
+    # __Host- makes the browser refuse the cookie unless Secure, Path=/ and host-only,
+    # so a sibling subdomain cannot plant or shadow it.
+    if settings.cookie_domain is None and not settings.insecure_server:
+        return f"__Host-{settings.cookie_name}"
+    return settings.cookie_name
+
+
+def build_snapshot(
+    settings: Settings,
+    located: LocatedYaml | None,
+    source: str,
+    *,
+    keys: Keys | None = None,
+    generation: int = 1,
+) -> Snapshot:
+    """Compile ``settings``; :class:`ConfigError` names file, line and key of each problem."""
+    problems: list[str] = []
+    routes: list[Route] = []
+    for index, rs in enumerate(settings.routes):
+        try:
+            routes.append(_compile_route(index, rs, settings))
+        except PolicyError as exc:
+            problems.append(describe(source, located, ("routes", index, *exc.loc), exc.message))
+        except ValueError as exc:
+            problems.append(describe(source, located, ("routes", index, "from"), str(exc)))
+    if settings.needs_idp() and settings.routes:
+        for key in ("idp_provider_url", "idp_client_id"):
+            if not getattr(settings, key):
+                problems.append(
+                    describe(source, located, (key,), "required when a route needs sign-in")
+                )
+        if settings.idp_client_secret is None:
+            problems.append(
+                describe(
+                    source,
+                    located,
+                    ("idp_client_secret",),
+                    "required (or idp_client_secret_file, or env CLAWGATE_IDP_CLIENT_SECRET)",
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
+    if keys is None:
+        keys = build_keys(settings)
+    names = {settings.jwt_assertion_header.lower(), "x-pomerium-jwt-assertion"}
+    names.update(h.lower() for h in settings.jwt_claims_headers)
+    hosts = RouteTable((RouteMatcher(r.matcher.host, r.matcher.port), r.name) for r in routes)
+    return Snapshot(
+        settings=settings,
+        source=source,
+        generation=generation,
+        routes=tuple(routes),
+        table=RouteTable((r.matcher, r) for r in routes),
+        hosts=hosts,
+        keys=keys,
+        identity_headers=frozenset(names),
+        restart_fingerprint=restart_fingerprint(settings),
+    )
+
+
+def _compile_route(index: int, rs: RouteSettings, settings: Settings) -> Route:
+    matcher = RouteMatcher.create(rs.from_, path=rs.path, prefix=rs.prefix, regex=rs.regex)
+    host, port = parse_from(rs.from_)
+    origin = f"https://{host}" + (f":{port}" if port else "")
+    policy = compile_route_policy(rs.policy_source())
+    response_headers = dict(SECURITY_HEADERS)
+    if not settings.insecure_server:
+        response_headers["Strict-Transport-Security"] = HSTS
+    response_headers.update(rs.set_response_headers)
+    timeout = rs.timeout
+    if timeout is None and not rs.allow_websockets:
+        timeout = settings.default_upstream_timeout
+    return Route(
+        index=index,
+        name=rs.name or f"{rs.from_}{rs.path or rs.prefix or rs.regex or ''}",
+        settings=rs,
+        matcher=matcher,
+        policy=policy,
+        upstream=URL(rs.to),
+        public=rs.allow_public_unauthenticated_access is True,
+        origin=origin,
+        allowed_origins=frozenset({origin, *rs.allowed_origins}),
+        request_headers=dict(rs.set_request_headers),
+        remove_headers=frozenset(h.lower() for h in rs.remove_request_headers),
+        response_headers={k: v for k, v in response_headers.items() if v != ""},
+        timeout=timeout or None,
+        idle_timeout=rs.idle_timeout or None,
+    )
+
+
+def load_snapshot(path: str | Path, *, keys: Keys | None = None, generation: int = 1) -> Snapshot:
+    settings, located = load_settings(path)
+    return build_snapshot(settings, located, str(path), keys=keys, generation=generation)

@@ -1,0 +1,256 @@
+"""WebSocket relay and the registry of live proxied connections.
+
+The relay connects to the upstream first and only then accepts the client, so a
+dead upstream is a 502 page rather than a socket that opens and dies. Frames are
+forwarded one at a time, each send awaiting the peer's drain, so a slow reader
+throttles its writer instead of growing a buffer in clawgate.
+
+The registry lets clawgate end connections it no longer allows: on sign-out, when
+the policy changes, when the session runs out (continuous authorization).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.forward import UpstreamError
+from proxy.session import Session
+
+log = structlog.get_logger("clawgate.websocket")
+
+POLICY_VIOLATION = 1008
+GOING_AWAY = 1001
+_UNSENDABLE = {1005, 1006, 1015}
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class LiveConnection:
+    """One relayed WebSocket; ``close`` ends both sides with a code and reason.
+
+    It keeps what it was admitted with (session, host, path, client address) so it
+    can be re-authorized later without a request.
+    """
+
+    session: Session | None
+    host: str
+    path: str
+    source_ip: str
+    opened: float = field(default_factory=time.monotonic)
+    client: web.WebSocketResponse | None = None
+    upstream: aiohttp.ClientWebSocketResponse | None = None
+    closing: bool = False
+
+    @property
+    def sid(self) -> str | None:
+        return self.session.sid if self.session is not None else None
+
+    @property
+    def user(self) -> str | None:
+        if self.session is None:
+            return None
+        return self.session.email or self.session.sub
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        message = reason.encode()[:120]
+        if self.client is not None and not self.client.closed:
+            with contextlib.suppress(Exception):
+                await self.client.close(code=code, message=message)
+        if self.upstream is not None and not self.upstream.closed:
+            with contextlib.suppress(Exception):
+                await self.upstream.close(code=GOING_AWAY, message=b"client connection ended")
+
+
+class ConnectionRegistry:
+    """Live proxied WebSockets, indexed by session id."""
+
+    def __init__(self) -> None:
+        self._all: set[LiveConnection] = set()
+        self._by_sid: dict[str, set[LiveConnection]] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __iter__(self) -> Iterator[LiveConnection]:
+        return iter(list(self._all))
+
+    def add(self, conn: LiveConnection) -> None:
+        self._all.add(conn)
+        if conn.sid is not None:
+            self._by_sid.setdefault(conn.sid, set()).add(conn)
+
+    def discard(self, conn: LiveConnection) -> None:
+        self._all.discard(conn)
+        if conn.sid is not None:
+            peers = self._by_sid.get(conn.sid)
+            if peers is not None:
+                peers.discard(conn)
+                if not peers:
+                    del self._by_sid[conn.sid]
+
+    async def close_session(self, sid: str, reason: str) -> int:
+        conns = list(self._by_sid.get(sid, ()))
+        for conn in conns:
+            log.info("websocket_closed_by_clawgate", reason=reason, user=conn.user)
+            await conn.close(POLICY_VIOLATION, reason)
+        return len(conns)
+
+    async def close_where(
+        self, predicate: Callable[[LiveConnection], str | None], code: int = POLICY_VIOLATION
+    ) -> int:
+        """Close every connection for which ``predicate`` returns a reason."""
+        closed = 0
+        for conn in self:
+            reason = predicate(conn)
+            if reason is not None:
+                log.info("websocket_closed_by_clawgate", reason=reason, user=conn.user)
+                await conn.close(code, reason)
+                closed += 1
+        return closed
+
+    async def close_all(self, code: int, reason: str) -> None:
+        await asyncio.gather(*(c.close(code, reason) for c in self), return_exceptions=True)
+
+
+def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
+    raw = request.headers.get("Sec-WebSocket-Protocol", "")
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+async def relay(
+    request: web.Request,
+    client: aiohttp.ClientSession,
+    url: URL,
+    headers: CIMultiDict[str],
+    conn: LiveConnection,
+    registry: ConnectionRegistry,
+    *,
+    connect_timeout: float | None,
+    idle_timeout: float | None,
+    verify_tls: bool,
+) -> web.WebSocketResponse:
+    """Relay a WebSocket between the client and ``url``; raises UpstreamError pre-accept."""
+    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol",
+                 "Sec-WebSocket-Extensions"):
+        headers.popall(name, None)
+    protocols = _protocols(request)
+    ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+    try:
+        upstream = await asyncio.wait_for(client.ws_connect(
+            ws_url,
+            headers=headers,
+            protocols=protocols,
+            autoping=False,
+            autoclose=False,
+            max_msg_size=MAX_MESSAGE,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            ssl=True if verify_tls else False,
+            compress=0,
+        ), connect_timeout)
+    except aiohttp.WSServerHandshakeError as exc:
+        raise UpstreamError(502 if exc.status >= 500 or exc.status < 400 else exc.status,
+                            f"upstream_ws_refused:{exc.status}") from None
+    except TimeoutError:
+        raise UpstreamError(504, "upstream_timeout") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(502, f"upstream_unreachable:{type(exc).__name__}") from None
+
+    ws = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        autoping=False,
+        autoclose=False,
+        max_msg_size=MAX_MESSAGE,
+        compress=False,
+    )
+    try:
+        await ws.prepare(request)
+    except Exception:
+        await upstream.close()
+        raise
+    conn.client = ws
+    conn.upstream = upstream
+    registry.add(conn)
+    try:
+        await _pump_both(ws, upstream, conn, idle_timeout)
+    finally:
+        registry.discard(conn)
+        if not upstream.closed:
+            await upstream.close()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _pump_both(
+    ws: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    conn: LiveConnection,
+    idle_timeout: float | None,
+) -> None:
+    to_up = asyncio.create_task(_pump(ws, upstream, conn, idle_timeout))
+    to_client = asyncio.create_task(_pump(upstream, ws, conn, idle_timeout))
+    try:
+        done, pending = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        to_up.cancel()
+        to_client.cancel()
+        raise
+    for task in pending:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+async def _pump(
+    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    conn: LiveConnection,
+    idle_timeout: float | None,
+) -> None:
+    while True:
+        try:
+            msg = await src.receive(timeout=idle_timeout)
+        except TimeoutError:
+            await conn.close(GOING_AWAY, "idle timeout")
+            return
+        kind = msg.type
+        try:
+            if kind is WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif kind is WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif kind is WSMsgType.PING:
+                await dst.ping(msg.data)
+            elif kind is WSMsgType.PONG:
+                await dst.pong(msg.data)
+            elif kind is WSMsgType.CLOSE:
+                code = msg.data if isinstance(msg.data, int) else WSCloseCode.OK
+                if code in _UNSENDABLE:
+                    code = WSCloseCode.OK
+                if not dst.closed:
+                    await dst.close(code=code, message=(msg.extra or "").encode()[:120])
+                return
+            elif kind is WSMsgType.ERROR:
+                if not dst.closed:
+                    # aiohttp already closed ``src`` with the fitting code (e.g. 1009).
+                    await dst.close(code=WSCloseCode.GOING_AWAY, message=b"peer error")
+                return
+            else:  # CLOSING / CLOSED
+                if not dst.closed:
+                    await dst.close(code=WSCloseCode.GOING_AWAY)
+                return
+        except (ConnectionResetError, aiohttp.ClientError, RuntimeError):
+            return
