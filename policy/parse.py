@@ -156,7 +156,7 @@ def _string_checks(
 ) -> tuple[StringCheck, ...]:
     """Parse a string matcher: a bare string (``is``) or a mapping of matcher -> value."""
     if isinstance(value, str):
-        return (string_check("is", normalize(loc, "is", value)),)
+        return (string_check("is", normalize(loc, "is", _want_str(loc, value, "value"))),)
     if not isinstance(value, Mapping):
         raise PolicyError(
             loc,
