@@ -80,14 +80,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if not decision.allow:
         if identity is None:
             return await _anonymous(runtime, request, resolved, request.raw_path)
-        response = pages.error(
+        denied = pages.error(
             request, 403, "Access denied",
             "You are signed in, but this account is not allowed here.",
             error_code="forbidden", request_id=rid, user=session.email or session.sub
             if session else None, csrf=session.csrf if session else None,
         )
-        apply_cookies(response, snap.settings, resolved, max_age)
-        return response
+        apply_cookies(denied, snap.settings, resolved, max_age)
+        return denied
     target = _upstream_url(route, path, query)
     websocket = is_websocket_upgrade(request)
     headers = upstream_headers(

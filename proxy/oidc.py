@@ -188,7 +188,7 @@ class OidcClient:
             scope=self._scopes,
             state=state,
             nonce=nonce,
-            code_challenge=create_s256_code_challenge(verifier),
+            code_challenge=create_s256_code_challenge(verifier),  # type: ignore[no-untyped-call]
             code_challenge_method="S256",
             **self._request_params,
         )

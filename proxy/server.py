@@ -100,17 +100,23 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
-def redirect_app(https_port: int) -> web.Application:
-    """Plain HTTP listener that only sends people to https (and answers /ping)."""
+def redirect_app(runtime: Runtime) -> web.Application:
+    """Plain HTTP listener that only sends people to https (and answers /ping).
+
+    The target is the matching route's own origin (its ``from`` URL), never the port
+    clawgate happens to listen on inside a container, and never a host with no route.
+    """
 
     async def redirect(request: web.Request) -> web.StreamResponse:
         if request.path == "/ping":
             return web.Response(text="OK")
-        host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
-        if not host or any(c in host for c in "/\\@ "):
-            raise web.HTTPBadRequest(text="bad host")
-        port = "" if https_port == 443 else f":{https_port}"
-        raise web.HTTPMovedPermanently(f"https://{host}{port}{request.raw_path}")
+        name = request.host.lower()
+        name = name.rsplit(":", 1)[0] if not name.endswith("]") else name
+        for route in runtime.snapshot.routes:
+            if route.matcher.matches_host(name, route.matcher.port):
+                return pages.redirect(f"{route.origin}{request.raw_path}", status=301)
+        return pages.error(request, 404, "Not found", "No route matches this address.",
+                           error_code="no_route")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", redirect)
@@ -279,7 +285,7 @@ async def serve(config_path: Path, *, ready: asyncio.Event | None = None,
                  routes=[r.name for r in snapshot.routes])
         if settings.http_redirect_addr:
             r_host, r_port = parse_listen_address(settings.http_redirect_addr)
-            redirect = web.AppRunner(redirect_app(bound), access_log=None, handle_signals=False)
+            redirect = web.AppRunner(redirect_app(runtime), access_log=None, handle_signals=False)
             await redirect.setup()
             runners.append(redirect)
             await web.TCPSite(redirect, r_host or None, r_port, reuse_port=settings.workers > 1).start()

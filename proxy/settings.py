@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,7 +25,12 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from proxy.yamlsource import LocatedYaml, Loc, YamlError, load_located
 
@@ -201,14 +206,15 @@ class Settings(BaseSettings):
     idp_client_id: str | None = None
     idp_client_secret: SecretStr | None = None
     idp_client_secret_file: Path | None = None
-    idp_scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+    idp_scopes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
     idp_request_params: dict[str, str] = Field(default_factory=dict)
     idp_groups_claim: str = "groups"
     idp_clock_leeway: float = 60.0
     idp_timeout: float = 10.0
 
     # Session cookie
-    cookie_secret: list[SecretStr] = Field(default_factory=list)
+    # NoDecode: from the environment these are plain strings (comma-separated), not JSON.
+    cookie_secret: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     cookie_secret_file: Path | None = None
     cookie_name: str = "_clawgate"
     cookie_expire: float = 14 * 3600.0
@@ -258,7 +264,7 @@ class Settings(BaseSettings):
     @classmethod
     def _secret_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return [value]
+            return [v for v in re.split(r"[\s,]+", value) if v]
         return value
 
     @field_validator("address", "http_redirect_addr", "health_address", "metrics_address")
