@@ -114,7 +114,11 @@ def redirect_app(runtime: Runtime) -> web.Application:
         name = name.rsplit(":", 1)[0] if not name.endswith("]") else name
         for route in runtime.snapshot.routes:
             if route.matcher.matches_host(name, route.matcher.port):
-                return pages.redirect(f"{route.origin}{request.raw_path}", status=301)
+                origin = route.origin
+                if route.matcher.is_wildcard:
+                    port = route.matcher.port
+                    origin = f"https://{name}" + (f":{port}" if port else "")
+                return pages.redirect(f"{origin}{request.raw_path}", status=301)
         return pages.error(request, 404, "Not found", "No route matches this address.",
                            error_code="no_route")
 
