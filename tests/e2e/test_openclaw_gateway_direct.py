@@ -129,7 +129,7 @@ async def _relay(down: web.WebSocketResponse, up: aiohttp.ClientWebSocketRespons
 CLIENT = r"""
 import asyncio, json, os
 import aiohttp
-from tests.support.openclaw import OpenClawHandshakeError, openclaw_handshake
+from tests.support.openclaw import DeviceIdentity, OpenClawHandshakeError, openclaw_handshake
 
 args = json.loads(os.environ["CLAWGATE_CLIENT_ARGS"])
 
@@ -145,7 +145,11 @@ async def main():
             try:
                 async with s.ws_connect(args["ws_url"], headers=args["headers"]) as ws:
                     try:
-                        out["hello"] = await openclaw_handshake(ws, build_id=args.get("build_id"))
+                        out["hello"] = await openclaw_handshake(
+                            ws,
+                            build_id=args.get("build_id"),
+                            device=DeviceIdentity() if args.get("device") else None,
+                        )
                     except OpenClawHandshakeError as e:
                         out["error"] = {"code": e.code, "detail": e.detail_code, "message": str(e)}
             except aiohttp.WSServerHandshakeError as e:
@@ -164,8 +168,10 @@ async def run_client(
     http: bool = False,
     ws: bool = True,
     build_id: str | None = None,
+    device: bool = False,
 ) -> dict[str, Any]:
     args = {
+        "device": device,
         "headers": headers,
         "http_url": f"{base}/" if http else None,
         "ws_url": base.replace("http://", "ws://") + "/" if ws else None,
@@ -200,6 +206,8 @@ def gateway(netns: NetNamespace) -> Iterator[OpenClawGateway]:
         allow_users=[ALICE],
         identity_scopes={ALICE: ["operator.read"]},
         allowed_origins=[ORIGIN],
+        # Browsers present a device key; let the proxy identity approve it (default scopes).
+        device_auto_approve=True,
     )
     with gw:
         yield gw
@@ -247,6 +255,24 @@ async def test_websocket_handshake_through_proxy_names_user(
     assert f"webchat connected conn={conn} remote=127.0.0.1" in gateway.log_text()
 
 
+async def test_browser_device_is_auto_approved_for_proxy_user(
+    netns: NetNamespace, gateway: OpenClawGateway, proxy: StandInProxy
+) -> None:
+    out = await run_client(
+        netns, base=proxy.url, headers={"Origin": ORIGIN}, build_id=gateway.build_id, device=True
+    )
+    hello = out.get("hello")
+    assert hello is not None, out
+    assert hello["auth"]["method"] == "trusted-proxy"
+    # Requested read+write, within deviceAutoApprove's default list (which adds questions).
+    assert {"operator.read", "operator.write"} <= set(hello["auth"]["scopes"])
+    assert "operator.admin" not in hello["auth"]["scopes"]
+    await gateway.await_log(
+        r"security audit: trusted-proxy operator device auto-approved "
+        r"user=alice@example\.com device=[0-9a-f]+ scopes="
+    )
+
+
 async def test_user_outside_allow_users_is_refused(
     netns: NetNamespace, gateway: OpenClawGateway, proxy: StandInProxy
 ) -> None:
@@ -257,6 +283,13 @@ async def test_user_outside_allow_users_is_refused(
     assert "hello" not in out, out
     # Without a trusted identity the Control UI path falls back to device auth, which it lacks.
     assert out["error"]["detail"] == "CONTROL_UI_DEVICE_IDENTITY_REQUIRED", out
+    # A real browser (device key) gets the auth failure itself, and the log says why.
+    out = await run_client(
+        netns, base=proxy.url, headers={"Origin": ORIGIN}, build_id=gateway.build_id, device=True
+    )
+    assert "hello" not in out, out
+    assert out["error"]["detail"] == "AUTH_UNAUTHORIZED", out
+    await gateway.await_log(r"\[ws\] unauthorized conn=.* reason=trusted_proxy_user_not_allowed")
     assert "bob@example.com" not in gateway.authenticated_users()
 
 

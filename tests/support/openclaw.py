@@ -25,7 +25,9 @@ it fails instead, so CI cannot pass by skipping.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -45,10 +47,13 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
     "CONTROL_UI_CLIENT_ID",
     "PROTOCOL_VERSION",
+    "DeviceIdentity",
     "OpenClawGateway",
     "OpenClawHandshakeError",
     "OpenClawInstall",
@@ -471,6 +476,60 @@ class OpenClawGateway:
 # -- the WebSocket protocol --------------------------------------------------------------------
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class DeviceIdentity:
+    """The Ed25519 device key a browser keeps for the Control UI (``device`` in ``connect``).
+
+    Wire form, as the gateway verifies it: ``id`` is the hex SHA-256 of the raw 32-byte public
+    key, ``publicKey`` the raw key in unpadded base64url, ``signature`` the unpadded base64url
+    Ed25519 signature over the v3 payload ``v3|<id>|<client id>|<client mode>|<role>|
+    <scopes, comma-joined>|<signedAt>|<token>|<nonce>|<platform>|<device family>`` (one line),
+    where ``signedAt`` is the challenge's ``ts`` and ``nonce`` its ``nonce``.
+    """
+
+    def __init__(self, key: Ed25519PrivateKey | None = None) -> None:
+        self._key = key or Ed25519PrivateKey.generate()
+        raw = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.public_key = _b64url(raw)
+        self.device_id = hashlib.sha256(raw).hexdigest()
+
+    def connect_field(
+        self,
+        *,
+        client: Mapping[str, Any],
+        role: str,
+        scopes: Sequence[str],
+        nonce: str,
+        signed_at: int,
+        token: str = "",
+    ) -> dict[str, Any]:
+        payload = "|".join(
+            [
+                "v3",
+                self.device_id,
+                str(client["id"]),
+                str(client["mode"]),
+                role,
+                ",".join(scopes),
+                str(signed_at),
+                token,
+                nonce,
+                str(client.get("platform", "")).strip().lower(),
+                str(client.get("deviceFamily", "")).strip().lower(),
+            ]
+        )
+        return {
+            "id": self.device_id,
+            "publicKey": self.public_key,
+            "signature": _b64url(self._key.sign(payload.encode())),
+            "signedAt": signed_at,
+            "nonce": nonce,
+        }
+
+
 async def _next_json(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dict[str, Any]:
     msg = await ws.receive(timeout=timeout)
     if msg.type is aiohttp.WSMsgType.TEXT:
@@ -494,6 +553,7 @@ async def openclaw_handshake(
     client_mode: str = "webchat",
     role: str = "operator",
     scopes: Sequence[str] = ("operator.read", "operator.write"),
+    device: DeviceIdentity | None = None,
     timeout: float = 15.0,
 ) -> dict[str, Any]:
     """Complete the gateway handshake on an open socket and return the ``hello-ok`` payload.
@@ -510,8 +570,9 @@ async def openclaw_handshake(
     ``build_id`` must equal the gateway's own build id when the Control UI client id is used and
     the ``Origin`` host equals the request ``Host`` (the gateway then insists the page came from
     its own build); behind a proxy that rewrites ``Host`` it is not checked, but sending it is
-    always right. No device identity is sent, so a trusted-proxy session gets only the scopes
-    from ``gateway.auth.identityScopes`` (self-declared ``scopes`` are cleared).
+    always right. Without ``device`` (a browser with no WebCrypto) a trusted-proxy session gets
+    only the scopes from ``gateway.auth.identityScopes`` (self-declared ``scopes`` are cleared);
+    with ``device`` (what real browsers send) the gateway applies device pairing.
     """
     first = await _next_json(ws, timeout)
     if first.get("type") != "event" or first.get("event") != "connect.challenge":
@@ -524,25 +585,28 @@ async def openclaw_handshake(
     }
     if build_id:
         client["buildId"] = build_id
+    params: dict[str, Any] = {
+        "minProtocol": PROTOCOL_VERSION,
+        "maxProtocol": PROTOCOL_VERSION,
+        "client": client,
+        "role": role,
+        "scopes": list(scopes),
+        "caps": [],
+        "userAgent": "clawgate-e2e",
+        "locale": "en-US",
+    }
+    if device is not None:
+        challenge = first.get("payload") or {}
+        params["device"] = device.connect_field(
+            client=client,
+            role=role,
+            scopes=scopes,
+            nonce=str(challenge.get("nonce", "")),
+            signed_at=int(challenge.get("ts", 0)),
+        )
     req_id = str(uuid.uuid4())
     await ws.send_str(
-        json.dumps(
-            {
-                "type": "req",
-                "id": req_id,
-                "method": "connect",
-                "params": {
-                    "minProtocol": PROTOCOL_VERSION,
-                    "maxProtocol": PROTOCOL_VERSION,
-                    "client": client,
-                    "role": role,
-                    "scopes": list(scopes),
-                    "caps": [],
-                    "userAgent": "clawgate-e2e",
-                    "locale": "en-US",
-                },
-            }
-        )
+        json.dumps({"type": "req", "id": req_id, "method": "connect", "params": params})
     )
     deadline = time.monotonic() + timeout
     while True:
