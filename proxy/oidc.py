@@ -8,6 +8,7 @@ the one aiohttp client session the server owns.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import time
@@ -254,14 +255,17 @@ class OidcClient:
     async def _token_request(self, body: str) -> dict[str, Any]:
         meta = await self.metadata()
         # RFC 6749 2.3.1: both halves are form-encoded before going into Basic auth.
-        auth = aiohttp.BasicAuth(quote(self._client_id, safe=""), quote(self._client_secret, safe=""))
-        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+        basic = f"{quote(self._client_id, safe='')}:{quote(self._client_secret, safe='')}"
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+            "Authorization": "Basic " + base64.b64encode(basic.encode()).decode(),
+        }
         try:
             async with self._http.post(
                 meta.token_endpoint,
                 data=body,
                 headers=headers,
-                auth=auth,
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
