@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -346,3 +347,13 @@ async def test_forged_identity_straight_to_gateway_is_refused(
     assert out["upgrade_status"] == 403
 
     assert gateway.authenticated_users().count(ALICE) == before
+
+
+def test_deploy_image_pins_the_tested_openclaw() -> None:
+    """deploy/openclaw must install exactly the dependency tree these tests ran against."""
+    root = Path(__file__).resolve().parents[2]
+    tested = json.loads((root / "tests/e2e/openclaw/package-lock.json").read_text())
+    deployed = json.loads((root / "deploy/openclaw/package-lock.json").read_text())
+    strip = lambda lock: {k: v for k, v in lock["packages"].items() if k}  # noqa: E731
+    assert strip(deployed) == strip(tested)
+    assert deployed["packages"][""]["dependencies"] == tested["packages"][""]["dependencies"]
