@@ -70,16 +70,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     if s.health_address:
         print(f"  health:   {s.health_address} (/healthz, /readyz)")
     print(f"  idp:      {s.idp_provider_url or '(none)'} client {s.idp_client_id or '-'}")
-    print(f"  cookie:   {snap.keys.cookie_name}, expires after {int(s.cookie_expire)}s, "
-          f"secret {'GENERATED AT START' if snap.keys.ephemeral_cookie_secret else 'set'}")
-    print(f"  signing:  {'GENERATED AT START' if snap.keys.ephemeral_signing_key else 'set'} "
-          f"(kid {snap.keys.signer.kid})")
+    print(
+        f"  cookie:   {snap.keys.cookie_name}, expires after {int(s.cookie_expire)}s, "
+        f"secret {'GENERATED AT START' if snap.keys.ephemeral_cookie_secret else 'set'}"
+    )
+    print(
+        f"  signing:  {'GENERATED AT START' if snap.keys.ephemeral_signing_key else 'set'} "
+        f"(kid {snap.keys.signer.kid})"
+    )
     print(f"  routes:   {len(snap.routes)}")
     for route in snap.routes:
-        flags = [f for f, on in (("websockets", route.settings.allow_websockets),
-                                 ("identity headers", route.settings.pass_identity_headers),
-                                 ("PUBLIC", route.public)) if on]
-        print(f"    - {route.name} -> {route.settings.to}" + (f" [{', '.join(flags)}]" if flags else ""))
+        flags = [
+            f
+            for f, on in (
+                ("websockets", route.settings.allow_websockets),
+                ("identity headers", route.settings.pass_identity_headers),
+                ("PUBLIC", route.public),
+            )
+            if on
+        ]
+        print(
+            f"    - {route.name} -> {route.settings.to}"
+            + (f" [{', '.join(flags)}]" if flags else "")
+        )
     return 0
 
 
@@ -109,7 +122,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clawgate", description="Identity-aware proxy for OpenClaw")
+    parser = argparse.ArgumentParser(
+        prog="clawgate", description="Identity-aware proxy for OpenClaw"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the proxy")

@@ -112,8 +112,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         mark = "ok  " if result.passed else "FAIL"
         who = "anonymous" if case.anonymous else (case.email or case.sub)
         line = located.line_of((*offset, case.index))
-        print(f"{mark} {table}:{line} {case.method} {case.url} as {who}: "
-              f"expected {'allow' if case.expect_allow else 'deny'}, got {result.decision.reason}")
+        print(
+            f"{mark} {table}:{line} {case.method} {case.url} as {who}: "
+            f"expected {'allow' if case.expect_allow else 'deny'}, got {result.decision.reason}"
+        )
         failed += not result.passed
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0

@@ -72,16 +72,26 @@ async def start_sign_in(runtime: Runtime, request: web.Request, return_to: str) 
     """302 to the identity provider, remembering state, nonce and PKCE verifier."""
     rid = request.get(REQUEST_ID)
     if runtime.oidc is None:
-        return pages.error(request, 500, "Sign-in is not configured", "No identity provider is "
-                           "configured for this route.", error_code="no_idp", request_id=rid)
+        return pages.error(
+            request,
+            500,
+            "Sign-in is not configured",
+            "No identity provider is configured for this route.",
+            error_code="no_idp",
+            request_id=rid,
+        )
     try:
         auth = await runtime.oidc.authorize(callback_url(request))
     except OidcError as exc:
         log.error("sign_in_unavailable", reason=exc.reason)
         return pages.error(
-            request, 503, "Sign-in is unavailable",
+            request,
+            503,
+            "Sign-in is unavailable",
             "The identity provider cannot be reached right now. Please try again shortly.",
-            error_code="idp_unavailable", request_id=rid, headers={"Retry-After": "10"},
+            error_code="idp_unavailable",
+            request_id=rid,
+            headers={"Retry-After": "10"},
         )
     codec = runtime.snapshot.keys.codec
     sealed = codec.seal(
@@ -125,28 +135,43 @@ async def callback(runtime: Runtime, request: web.Request, route: str | None) ->
     if "error" in request.query:
         err = request.query.get("error", "")[:100]
         desc = request.query.get("error_description", "")[:300]
-        return fail(401, "Sign-in was not completed",
-                    f"The identity provider reported: {err}" + (f" ({desc})" if desc else ""),
-                    "idp_error")
+        return fail(
+            401,
+            "Sign-in was not completed",
+            f"The identity provider reported: {err}" + (f" ({desc})" if desc else ""),
+            "idp_error",
+        )
     if not _STATE_RE.match(state):
-        return fail(400, "Sign-in failed", "The sign-in response is missing its state.",
-                    "missing_state")
+        return fail(
+            400, "Sign-in failed", "The sign-in response is missing its state.", "missing_state"
+        )
     token = request.cookies.get(login_cookie_name(runtime, state))
     if not token:
-        return fail(400, "No sign-in in progress",
-                    "This sign-in link was already used or has expired. Please start again.",
-                    "no_login_in_progress")
+        return fail(
+            400,
+            "No sign-in in progress",
+            "This sign-in link was already used or has expired. Please start again.",
+            "no_login_in_progress",
+        )
     codec = runtime.snapshot.keys.codec
     try:
         login = codec.unseal(LOGIN_STATE_PURPOSE, token, now=int(time.time()))
     except SessionError as exc:
-        return fail(400, "Sign-in failed", "The sign-in attempt expired or was altered. "
-                    "Please start again.", f"login_state_{exc.reason}")
+        return fail(
+            400,
+            "Sign-in failed",
+            "The sign-in attempt expired or was altered. Please start again.",
+            f"login_state_{exc.reason}",
+        )
     if not hmac.compare_digest(str(login.get("state", "")), state) or login.get(
         "host"
     ) != request_host(request):
-        return fail(400, "Sign-in failed", "The sign-in response does not belong to this "
-                    "sign-in attempt.", "state_mismatch")
+        return fail(
+            400,
+            "Sign-in failed",
+            "The sign-in response does not belong to this sign-in attempt.",
+            "state_mismatch",
+        )
     code = request.query.get("code", "")
     if not code or len(code) > 4096:
         return fail(400, "Sign-in failed", "The sign-in response has no code.", "missing_code")
@@ -166,8 +191,12 @@ async def callback(runtime: Runtime, request: web.Request, route: str | None) ->
     try:
         pairs = codec.encode(session)
     except SessionError:
-        return fail(500, "Sign-in failed", "The identity provider sent more claims than fit "
-                    "in a session cookie.", "session_too_large")
+        return fail(
+            500,
+            "Sign-in failed",
+            "The identity provider sent more claims than fit in a session cookie.",
+            "session_too_large",
+        )
     return_to = safe_return_path(str(login.get("return_to", "/")))
     response = pages.redirect(return_to)
     response.headers["Cache-Control"] = "no-store"
@@ -189,12 +218,24 @@ async def sign_out(runtime: Runtime, request: web.Request, route: str | None) ->
             return pages.signed_out(rid)
         return pages.confirm_sign_out(session.csrf, rid)
     if request.method != "POST":
-        return pages.error(request, 405, "Method not allowed", "Use POST to sign out.",
-                           error_code="method_not_allowed", request_id=rid)
+        return pages.error(
+            request,
+            405,
+            "Method not allowed",
+            "Use POST to sign out.",
+            error_code="method_not_allowed",
+            request_id=rid,
+        )
     origin = request.headers.get("Origin")
     if origin is not None and origin != f"https://{request.host}" and origin != "null":
-        return pages.error(request, 403, "Sign-out refused", "The sign-out request came from "
-                           "another site.", error_code="csrf", request_id=rid)
+        return pages.error(
+            request,
+            403,
+            "Sign-out refused",
+            "The sign-out request came from another site.",
+            error_code="csrf",
+            request_id=rid,
+        )
     if session is None:
         response = pages.redirect(SIGNED_OUT)
         apply_cookies(response, runtime.snapshot.settings, resolved, None)
@@ -202,9 +243,14 @@ async def sign_out(runtime: Runtime, request: web.Request, route: str | None) ->
     form = await request.post() if request.content_type.endswith("form-urlencoded") else {}
     token = str(form.get("csrf", "")) or request.headers.get("X-Clawgate-Csrf", "")
     if not hmac.compare_digest(token.encode(), session.csrf.encode()):
-        return pages.error(request, 403, "Sign-out refused", "The sign-out form was stale or "
-                           "forged. Reload the page and try again.", error_code="csrf",
-                           request_id=rid)
+        return pages.error(
+            request,
+            403,
+            "Sign-out refused",
+            "The sign-out form was stale or forged. Reload the page and try again.",
+            error_code="csrf",
+            request_id=rid,
+        )
     runtime.revoke(session.sid, session.expires_at)
     closed = await runtime.registry.close_session(session.sid, "signed out")
     log.info("sign_out", user=session.email or session.sub, websockets_closed=closed)
@@ -223,7 +269,9 @@ async def sign_out(runtime: Runtime, request: web.Request, route: str | None) ->
     return response
 
 
-async def signed_out(runtime: Runtime, request: web.Request, route: str | None) -> web.StreamResponse:
+async def signed_out(
+    runtime: Runtime, request: web.Request, route: str | None
+) -> web.StreamResponse:
     return pages.signed_out(request.get(REQUEST_ID))
 
 
@@ -248,21 +296,28 @@ async def whoami(runtime: Runtime, request: web.Request, route: str | None) -> w
     info = _user_info(runtime, resolved)
     info.pop("session_expires_at")
     response = pages.who_am_i(info, resolved.session.csrf, request.get(REQUEST_ID))
-    apply_cookies(response, runtime.snapshot.settings, resolved, int(runtime.snapshot.settings.cookie_expire))
+    apply_cookies(
+        response, runtime.snapshot.settings, resolved, int(runtime.snapshot.settings.cookie_expire)
+    )
     return response
 
 
-async def user_json(runtime: Runtime, request: web.Request, route: str | None) -> web.StreamResponse:
+async def user_json(
+    runtime: Runtime, request: web.Request, route: str | None
+) -> web.StreamResponse:
     resolved = await resolve(runtime, request)
     if resolved.session is None:
-        response = pages.json_response(401, {"error": "unauthenticated",
-                                             "message": "not signed in"})
+        response = pages.json_response(
+            401, {"error": "unauthenticated", "message": "not signed in"}
+        )
         apply_cookies(response, runtime.snapshot.settings, resolved, None)
         return response
     info = _user_info(runtime, resolved)
     info["csrf"] = resolved.session.csrf
     response = pages.json_response(200, info)
-    apply_cookies(response, runtime.snapshot.settings, resolved, int(runtime.snapshot.settings.cookie_expire))
+    apply_cookies(
+        response, runtime.snapshot.settings, resolved, int(runtime.snapshot.settings.cookie_expire)
+    )
     return response
 
 
@@ -278,8 +333,9 @@ async def _anonymous(
     if pages.wants_html(request):
         response: web.StreamResponse = await start_sign_in(runtime, request, return_to)
     else:
-        response = pages.json_response(401, {"error": "unauthenticated",
-                                             "message": "sign in first"})
+        response = pages.json_response(
+            401, {"error": "unauthenticated", "message": "sign in first"}
+        )
     apply_cookies(response, runtime.snapshot.settings, resolved, None)
     return response
 

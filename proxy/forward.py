@@ -173,7 +173,7 @@ async def forward_http(
             timeout=timeout,
             auto_decompress=False,
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
-            ssl=True if up.ssl else False,
+            ssl=up.ssl,
         )
         upstream = await asyncio.wait_for(ctx.__aenter__(), up.timeout)
     except TimeoutError:

@@ -21,9 +21,10 @@ from proxy import pages
 from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
 from proxy.forward import UpstreamError, UpstreamRequest, forward_http, upstream_headers
 from proxy.identity import apply_cookies, request_host, resolve, to_identity
-from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, Runtime, USER, client_ip
+from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client_ip
 from proxy.session import Session
 from proxy.snapshot import Route, Snapshot
+from proxy.throttle import limit_user
 from proxy.websocket import LiveConnection, relay
 
 log = structlog.get_logger("clawgate.proxy")
@@ -46,8 +47,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
         path = normalize_path(raw_path)
     except UnsafePathError as exc:
         log.info("request_rejected", reason="unsafe_path", detail=str(exc))
-        return pages.error(request, 400, "Bad request", "The request path is not acceptable.",
-                           error_code="unsafe_path", request_id=rid)
+        return pages.error(
+            request,
+            400,
+            "Bad request",
+            "The request path is not acceptable.",
+            error_code="unsafe_path",
+            request_id=rid,
+        )
     if path.startswith("/.clawgate") or path == JWKS_PATH:
         endpoint = ENDPOINTS.get(path)
         route_name = snap.hosts.match(request.host, "/")
@@ -64,6 +71,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     identity = to_identity(session) if session is not None else None
     if session is not None:
         request[USER] = session.email or session.sub
+        limited = limit_user(request, session.sub)
+        if limited is not None:
+            return limited
     ip = client_ip(request, snap.settings.xff_num_trusted_hops)
     facts = RequestFacts(request.method, path, ip, datetime.now(UTC))
     decision = route.policy.decide(facts, identity)
@@ -81,10 +91,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if identity is None:
             return await _anonymous(runtime, request, resolved, request.raw_path)
         denied = pages.error(
-            request, 403, "Access denied",
+            request,
+            403,
+            "Access denied",
             "You are signed in, but this account is not allowed here.",
-            error_code="forbidden", request_id=rid, user=session.email or session.sub
-            if session else None, csrf=session.csrf if session else None,
+            error_code="forbidden",
+            request_id=rid,
+            user=session.email or session.sub if session else None,
+            csrf=session.csrf if session else None,
         )
         apply_cookies(denied, snap.settings, resolved, max_age)
         return denied
@@ -139,17 +153,27 @@ async def _websocket(
 ) -> web.StreamResponse:
     rid = request.get(REQUEST_ID)
     if not route.settings.allow_websockets:
-        return pages.error(request, 403, "WebSockets not allowed",
-                           "This route does not accept WebSocket connections.",
-                           error_code="websocket_not_allowed", request_id=rid)
+        return pages.error(
+            request,
+            403,
+            "WebSockets not allowed",
+            "This route does not accept WebSocket connections.",
+            error_code="websocket_not_allowed",
+            request_id=rid,
+        )
     origin = request.headers.get("Origin")
     if origin is not None and origin not in route.allowed_origins:
         # Cross-site WebSocket hijacking: the browser attaches our cookie to any site's
         # upgrade request, so only the route's own origin (or a listed one) may open one.
         log.warning("websocket_origin_refused", route=route.name)
-        return pages.error(request, 403, "WebSocket refused",
-                           "The WebSocket was opened from a page on another site.",
-                           error_code="origin_not_allowed", request_id=rid)
+        return pages.error(
+            request,
+            403,
+            "WebSocket refused",
+            "The WebSocket was opened from a page on another site.",
+            error_code="origin_not_allowed",
+            request_id=rid,
+        )
     if runtime.draining:
         raise web.HTTPServiceUnavailable(text="shutting down")
     conn = LiveConnection(session=session, host=request.host, path=path, source_ip=ip)
@@ -223,17 +247,32 @@ def _upstream_url(route: Route, path: str, query: str) -> URL:
 
 
 def _not_found(request: web.Request, rid: str | None) -> web.Response:
-    return pages.error(request, 404, "Not found", "No route matches this address.",
-                       error_code="no_route", request_id=rid)
+    return pages.error(
+        request,
+        404,
+        "Not found",
+        "No route matches this address.",
+        error_code="no_route",
+        request_id=rid,
+    )
 
 
 def _upstream_failed(request: web.Request, exc: UpstreamError, rid: str | None) -> web.Response:
     log.warning("upstream_failed", reason=exc.reason, status=exc.status)
     if exc.status == 504:
-        return pages.error(request, 504, "Upstream timed out",
-                           "The service behind clawgate did not answer in time.",
-                           error_code="upstream_timeout", request_id=rid)
-    return pages.error(request, 502, "Upstream unavailable",
-                       "The service behind clawgate cannot be reached right now.",
-                       error_code="upstream_unavailable", request_id=rid)
-
+        return pages.error(
+            request,
+            504,
+            "Upstream timed out",
+            "The service behind clawgate did not answer in time.",
+            error_code="upstream_timeout",
+            request_id=rid,
+        )
+    return pages.error(
+        request,
+        502,
+        "Upstream unavailable",
+        "The service behind clawgate cannot be reached right now.",
+        error_code="upstream_unavailable",
+        request_id=rid,
+    )

@@ -18,7 +18,7 @@ from aiohttp import web
 from policy.model import Identity
 from proxy.oidc import OidcError, SignInResult
 from proxy.runtime import Runtime
-from proxy.session import Session, SessionError, parse_cookie_header
+from proxy.session import Session, SessionCodec, SessionError, parse_cookie_header
 from proxy.settings import Settings
 from proxy.snapshot import Snapshot
 
@@ -26,8 +26,23 @@ log = structlog.get_logger("clawgate.identity")
 
 # Claims that describe the token, not the user: not worth a cookie byte.
 _PROTOCOL_CLAIMS = frozenset(
-    {"iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "auth_time", "sid",
-     "azp", "jti", "acr", "amr", "s_hash"}
+    {
+        "iss",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "nonce",
+        "at_hash",
+        "c_hash",
+        "auth_time",
+        "sid",
+        "azp",
+        "jti",
+        "acr",
+        "amr",
+        "s_hash",
+    }
 )
 _refreshing: dict[str, asyncio.Future[Session | None]] = {}
 
@@ -70,6 +85,11 @@ async def resolve(runtime: Runtime, request: web.BaseRequest) -> Resolved:
     if session.sid in runtime.revoked:
         return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem="signed_out")
     if not session.needs_refresh(now):
+        if _sealed_with_old_secret(snap, cookies, session, now):
+            # Rotation: move the session to the new secret so the old one can be dropped.
+            pairs = codec.encode(session)
+            stale = [n for n in codec.chunk_names(cookies) if n not in {p[0] for p in pairs}]
+            return Resolved(session, set_cookies=pairs, clear_cookies=stale)
         return Resolved(session)
     refreshed = await refresh(runtime, session)
     if refreshed is None:
@@ -77,6 +97,61 @@ async def resolve(runtime: Runtime, request: web.BaseRequest) -> Resolved:
     pairs = codec.encode(refreshed)
     stale = [n for n in codec.chunk_names(cookies) if n not in {p[0] for p in pairs}]
     return Resolved(refreshed, set_cookies=pairs, clear_cookies=stale)
+
+
+_primary_codecs: dict[int, tuple[SessionCodec, SessionCodec | None]] = {}
+
+
+def _primary_codec(snap: Snapshot, now: int) -> SessionCodec | None:
+    """A codec holding only the secret that encrypts, or None with a single secret.
+
+    Built once per codec in force. A reload may show secrets the running codec does not
+    use (keys change only at restart), so the candidate must open what the codec seals.
+    """
+    codec = snap.keys.codec
+    hit = _primary_codecs.get(id(codec))
+    if hit is not None and hit[0] is codec:
+        return hit[1]
+    primary: SessionCodec | None = None
+    secrets = snap.settings.cookie_secret
+    if len(secrets) > 1:
+        try:
+            candidate = SessionCodec(
+                [SessionCodec.parse_secret(secrets[0].get_secret_value())], codec.cookie_name
+            )
+            probe = Session.create(
+                sub="probe",
+                email=None,
+                email_verified=None,
+                groups=(),
+                claims={},
+                host="",
+                now=now,
+                lifetime=60,
+                refresh_at=now + 60,
+                refresh_token=None,
+                id_token=None,
+            )
+            candidate.decode(dict(codec.encode(probe)), host="", now=now)
+            primary = candidate
+        except (ValueError, SessionError):
+            primary = None
+    _primary_codecs.clear()
+    _primary_codecs[id(codec)] = (codec, primary)
+    return primary
+
+
+def _sealed_with_old_secret(
+    snap: Snapshot, cookies: Mapping[str, str], session: Session, now: int
+) -> bool:
+    primary = _primary_codec(snap, now)
+    if primary is None:
+        return False
+    try:
+        primary.decode(cookies, host=session.host, now=now)
+    except SessionError as exc:
+        return exc.reason == "bad_key_or_tampered"
+    return False
 
 
 async def refresh(runtime: Runtime, session: Session) -> Session | None:
@@ -154,9 +229,7 @@ def _claim_path(claims: Mapping[str, Any], name: str) -> Any:
     return value
 
 
-def new_session(
-    settings: Settings, request: web.BaseRequest, result: SignInResult
-) -> Session:
+def new_session(settings: Settings, request: web.BaseRequest, result: SignInResult) -> Session:
     fields = identity_fields(settings, result.claims)
     now = int(time.time())
     return Session.create(

@@ -100,7 +100,9 @@ class OidcClient:
         self._metadata_at = 0.0
         self._jwks: dict[str, jwt.PyJWK] = {}
         self._jwks_at = 0.0
+        self._missing_kids: dict[str | None, float] = {}
         self._lock = asyncio.Lock()
+        self._jwks_lock = asyncio.Lock()
 
     @property
     def ready(self) -> bool:
@@ -133,12 +135,26 @@ class OidcClient:
         key = self._find_key(kid)
         if key is not None:
             return key
-        # Unknown kid: the provider may have rotated keys. Refetch, but not in a loop.
-        if time.monotonic() - self._jwks_at >= _JWKS_MIN_REFETCH or not self._jwks:
-            await self._load_jwks()
+        # Unknown kid: the provider has most likely just rotated its keys, so refetch at once
+        # (a time-based throttle would fail every sign-in right after a rotation). Concurrent
+        # verifications share one fetch, and a kid still missing afterwards is remembered for
+        # a while, so repeated bad kids cannot turn into a stream of fetches.
+        loaded_at = self._jwks_at
+        async with self._jwks_lock:
             key = self._find_key(kid)
             if key is not None:
                 return key
+            missed = self._missing_kids.get(kid)
+            fresh = self._jwks_at != loaded_at  # another task refetched while we waited
+            if not fresh and (missed is None or time.monotonic() - missed >= _JWKS_MIN_REFETCH):
+                await self._load_jwks()
+                key = self._find_key(kid)
+                if key is not None:
+                    self._missing_kids.pop(kid, None)
+                    return key
+                if len(self._missing_kids) >= 64:
+                    self._missing_kids.clear()
+                self._missing_kids[kid] = time.monotonic()
         raise OidcError("unknown_signing_key", "the ID token is signed with an unknown key")
 
     def _find_key(self, kid: str | None) -> jwt.PyJWK | None:
@@ -167,11 +183,14 @@ class OidcClient:
         try:
             async with self._http.get(url, timeout=self._timeout, allow_redirects=False) as resp:
                 if resp.status != 200:
-                    raise OidcError("idp_http_error", f"the identity provider answered {resp.status}")
+                    raise OidcError(
+                        "idp_http_error", f"the identity provider answered {resp.status}"
+                    )
                 return await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
             raise OidcError(
-                "idp_unreachable", f"the identity provider could not be reached ({type(exc).__name__})"
+                "idp_unreachable",
+                f"the identity provider could not be reached ({type(exc).__name__})",
             ) from None
 
     # ---- authorization code flow -----------------------------------------
@@ -329,7 +348,9 @@ class OidcClient:
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
             )
         except jwt.PyJWTError as exc:
-            raise OidcError("bad_id_token", f"the ID token was rejected ({type(exc).__name__})") from None
+            raise OidcError(
+                "bad_id_token", f"the ID token was rejected ({type(exc).__name__})"
+            ) from None
         aud = claims.get("aud")
         if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self._client_id:
             raise OidcError("bad_id_token", "the ID token is meant for another client (azp)")
@@ -339,7 +360,9 @@ class OidcClient:
                 raise OidcError("nonce_mismatch", "the ID token does not belong to this sign-in")
         return claims
 
-    async def end_session_url(self, id_token_hint: str | None, post_logout_redirect_uri: str) -> str | None:
+    async def end_session_url(
+        self, id_token_hint: str | None, post_logout_redirect_uri: str
+    ) -> str | None:
         try:
             meta = await self.metadata()
         except OidcError:

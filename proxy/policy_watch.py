@@ -54,8 +54,9 @@ async def sweep_sessions(runtime: Runtime) -> None:
         if session.needs_refresh(now):
             updated = await refresh(runtime, session)
             if updated is None:
-                log.info("websocket_closed_by_clawgate", reason="session refresh failed",
-                         user=conn.user)
+                log.info(
+                    "websocket_closed_by_clawgate", reason="session refresh failed", user=conn.user
+                )
                 await conn.close(POLICY_VIOLATION, "session expired")
                 continue
             conn.session = updated

@@ -17,14 +17,15 @@ import structlog
 from aiohttp import web
 
 from proxy import pages
+from proxy.connlimit import Guard, GuardedSite, Limits
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
 from proxy.oidc import OidcClient, OidcError
 from proxy.policy_watch import reauthorize_connections
-from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, Runtime, USER
-from proxy.settings import ConfigError, Settings, parse_listen_address
+from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime
+from proxy.settings import ConfigError, Settings, load_settings, parse_listen_address
 from proxy.snapshot import Snapshot, build_snapshot, changed_restart_keys
-from proxy.settings import load_settings
+from proxy.throttle import THROTTLE, Throttle, throttle_middleware
 from proxy.tls import CertificateStore
 from proxy.websocket import GOING_AWAY
 
@@ -69,8 +70,14 @@ async def access_log(
     except Exception:
         # The trace goes to the log only; the client gets a plain page with the id.
         log.exception("unhandled_error", request_id=rid, path=request.path)
-        return pages.error(request, 500, "Internal error", "Something went wrong in clawgate.",
-                           error_code="internal_error", request_id=rid)
+        return pages.error(
+            request,
+            500,
+            "Internal error",
+            "Something went wrong in clawgate.",
+            error_code="internal_error",
+            request_id=rid,
+        )
     finally:
         log.info(
             "access",
@@ -86,10 +93,16 @@ async def access_log(
 
 
 def build_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[access_log], client_max_size=0, handler_args={
-        "max_field_size": MAX_FIELD_SIZE, "max_line_size": MAX_LINE_SIZE,
-    })
+    app = web.Application(
+        middlewares=[access_log, throttle_middleware],
+        client_max_size=0,
+        handler_args={
+            "max_field_size": MAX_FIELD_SIZE,
+            "max_line_size": MAX_LINE_SIZE,
+        },
+    )
     app[RUNTIME] = runtime
+    app[THROTTLE] = Throttle()
     app.router.add_route("*", "/{tail:.*}", handle)
 
     async def on_shutdown(app: web.Application) -> None:
@@ -119,8 +132,9 @@ def redirect_app(runtime: Runtime) -> web.Application:
                     port = route.matcher.port
                     origin = f"https://{name}" + (f":{port}" if port else "")
                 return pages.redirect(f"{origin}{request.raw_path}", status=301)
-        return pages.error(request, 404, "Not found", "No route matches this address.",
-                           error_code="no_route")
+        return pages.error(
+            request, 404, "Not found", "No route matches this address.", error_code="no_route"
+        )
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", redirect)
@@ -175,8 +189,9 @@ def make_oidc(settings: Settings, http: aiohttp.ClientSession) -> OidcClient | N
 def new_http_client() -> aiohttp.ClientSession:
     # limit=0: the default 100-connection cap would make the 101st WebSocket hang.
     # DummyCookieJar: a shared jar would replay one user's upstream cookies for another.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60,
-                                     keepalive_timeout=30)
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=30
+    )
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -220,22 +235,32 @@ class ConfigWatcher:
         old = runtime.snapshot
         try:
             settings, located = load_settings(self._path)
-            new = build_snapshot(settings, located, str(self._path), keys=old.keys,
-                                 generation=old.generation + 1)
+            new = build_snapshot(
+                settings, located, str(self._path), keys=old.keys, generation=old.generation + 1
+            )
         except ConfigError as exc:
             runtime.reload.disk_matches = False
             runtime.reload.last_error = str(exc)
-            log.error("config_reload_failed", problems=exc.problems,
-                      detail="the last good configuration stays in force")
+            log.error(
+                "config_reload_failed",
+                problems=exc.problems,
+                detail="the last good configuration stays in force",
+            )
             return
         restart = changed_restart_keys(old.settings, new.settings)
         if restart:
-            log.warning("config_needs_restart", keys=list(restart),
-                        detail="listener, identity provider and secret changes apply after a restart")
+            log.warning(
+                "config_needs_restart",
+                keys=list(restart),
+                detail="listener, identity provider and secret changes apply after a restart",
+            )
             # Keep everything that cannot change while running as it is.
             new = build_snapshot(
                 new.settings.model_copy(update={k: getattr(old.settings, k) for k in restart}),
-                located, str(self._path), keys=old.keys, generation=old.generation + 1,
+                located,
+                str(self._path),
+                keys=old.keys,
+                generation=old.generation + 1,
             )
         runtime.snapshot = new
         runtime.reload.in_force_generation = new.generation
@@ -246,25 +271,42 @@ class ConfigWatcher:
         await reauthorize_connections(runtime)
 
 
-async def serve(config_path: Path, *, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, install_signals: bool = True) -> None:
+async def serve(
+    config_path: Path,
+    *,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    install_signals: bool = True,
+) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``); then drain and return."""
     settings, located = load_settings(config_path)
     configure_logging(settings.log_level, settings.log_format)
     snapshot = build_snapshot(settings, located, str(config_path))
     if snapshot.keys.ephemeral_cookie_secret:
-        log.warning("cookie_secret_generated", detail="no cookie_secret configured: sessions "
-                    "end at restart and replicas cannot share them. Set one (clawgate secret).")
+        log.warning(
+            "cookie_secret_generated",
+            detail="no cookie_secret configured: sessions "
+            "end at restart and replicas cannot share them. Set one (clawgate secret).",
+        )
     if snapshot.keys.ephemeral_signing_key:
-        log.warning("signing_key_generated", detail="no signing_key configured: the identity "
-                    "assertion key changes at restart; replicas must share one (clawgate keygen).")
+        log.warning(
+            "signing_key_generated",
+            detail="no signing_key configured: the identity "
+            "assertion key changes at restart; replicas must share one (clawgate keygen).",
+        )
     if settings.insecure_server:
-        log.warning("insecure_server", detail="serving plain HTTP: only safe behind a "
-                    "TLS-terminating load balancer")
+        log.warning(
+            "insecure_server",
+            detail="serving plain HTTP: only safe behind a TLS-terminating load balancer",
+        )
     http = new_http_client()
     runtime = Runtime(snapshot=snapshot, http=http, oidc=make_oidc(settings, http))
-    certs = None if settings.insecure_server else CertificateStore(
-        settings.certificate_file, settings.certificate_key_file, _hosts_for_cert(snapshot)
+    certs = (
+        None
+        if settings.insecure_server
+        else CertificateStore(
+            settings.certificate_file, settings.certificate_key_file, _hosts_for_cert(snapshot)
+        )
     )
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []
@@ -274,25 +316,42 @@ async def serve(config_path: Path, *, ready: asyncio.Event | None = None,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        main = web.AppRunner(build_app(runtime), access_log=None, handle_signals=False,
-                             shutdown_timeout=settings.shutdown_timeout,
-                             keepalive_timeout=settings.timeout_idle)
+        main = web.AppRunner(
+            build_app(runtime),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=settings.shutdown_timeout,
+            keepalive_timeout=settings.timeout_idle,
+        )
         await main.setup()
         runners.append(main)
         host, port = parse_listen_address(settings.address)
-        site = web.TCPSite(main, host or None, port, ssl_context=certs.context if certs else None,
-                           reuse_port=settings.workers > 1, backlog=1024)
+        guard = Guard(lambda: connection_limits(runtime))
+        site = GuardedSite(
+            main,
+            host or None,
+            port,
+            guard=guard,
+            ssl_context=certs.context if certs else None,
+            reuse_port=settings.workers > 1,
+            backlog=1024,
+        )
         await site.start()
         bound = _bound_port(site) or port
-        log.info("listening", address=f"{host or '*'}:{bound}",
-                 scheme="http" if settings.insecure_server else "https",
-                 routes=[r.name for r in snapshot.routes])
+        log.info(
+            "listening",
+            address=f"{host or '*'}:{bound}",
+            scheme="http" if settings.insecure_server else "https",
+            routes=[r.name for r in snapshot.routes],
+        )
         if settings.http_redirect_addr:
             r_host, r_port = parse_listen_address(settings.http_redirect_addr)
             redirect = web.AppRunner(redirect_app(runtime), access_log=None, handle_signals=False)
             await redirect.setup()
             runners.append(redirect)
-            await web.TCPSite(redirect, r_host or None, r_port, reuse_port=settings.workers > 1).start()
+            await web.TCPSite(
+                redirect, r_host or None, r_port, reuse_port=settings.workers > 1
+            ).start()
         if settings.health_address:
             h_host, h_port = parse_listen_address(settings.health_address)
             health = web.AppRunner(health_app(runtime), access_log=None, handle_signals=False)
@@ -318,6 +377,18 @@ async def serve(config_path: Path, *, ready: asyncio.Event | None = None,
             await runner.cleanup()
         await http.close()
         log.info("stopped")
+
+
+def connection_limits(runtime: Runtime) -> Limits:
+    settings = runtime.snapshot.settings
+    # Behind trusted proxies every connection comes from a proxy: a per-peer cap would
+    # throttle the load balancer, not a client. The proxy in front owns that limit.
+    cap = settings.max_connections_per_ip if settings.xff_num_trusted_hops == 0 else None
+    return Limits(
+        max_connections_per_ip=cap,
+        header_timeout=settings.timeout_header,
+        read_timeout=settings.timeout_read,
+    )
 
 
 def _bound_port(site: web.TCPSite) -> int | None:

@@ -32,7 +32,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from proxy.yamlsource import LocatedYaml, Loc, YamlError, load_located
+from proxy.yamlsource import Loc, LocatedYaml, YamlError, load_located
 
 ENV_PREFIX = "CLAWGATE_"
 DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
@@ -121,9 +121,7 @@ class RouteSettings(BaseModel):
     allow_any_authenticated_user: Any = None
     allow_unverified_email: Any = None
 
-    _check_timeouts = field_validator("timeout", "idle_timeout", mode="before")(
-        _duration_or_none
-    )
+    _check_timeouts = field_validator("timeout", "idle_timeout", mode="before")(_duration_or_none)
 
     @field_validator("to")
     @classmethod
@@ -412,7 +410,10 @@ def parse_settings(text: str, source: str = "<config>") -> tuple[Settings, Locat
         settings = Settings(**{str(k): v for k, v in data.items()})
     except ValidationError as exc:
         raise ConfigError(
-            [describe(source, located, _clean_loc(err["loc"]), _message(err)) for err in exc.errors()]
+            [
+                describe(source, located, _clean_loc(err["loc"]), _message(err))
+                for err in exc.errors()
+            ]
         ) from None
     return settings, located
 
@@ -429,7 +430,10 @@ def _is_type_tag(part: str) -> bool:
 def _message(err: Mapping[str, Any]) -> str:
     kind = err.get("type")
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; unknown keys are refused so a typo cannot weaken security)"
+        return (
+            "unknown key (check the spelling; unknown keys are refused so a typo "
+            "cannot weaken security)"
+        )
     if kind == "missing":
         return "required key is missing"
     msg = str(err.get("msg", "invalid value"))

@@ -31,7 +31,8 @@ log = structlog.get_logger("clawgate.websocket")
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001
 _UNSENDABLE = {1005, 1006, 1015}
-MAX_MESSAGE = 16 * 1024 * 1024
+# OpenClaw accepts frames up to 25 MiB (policy.maxPayload); anything larger is refused (1009).
+MAX_MESSAGE = 32 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -143,26 +144,35 @@ async def relay(
     verify_tls: bool,
 ) -> web.WebSocketResponse:
     """Relay a WebSocket between the client and ``url``; raises UpstreamError pre-accept."""
-    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Protocol",
-                 "Sec-WebSocket-Extensions"):
+    for name in (
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Protocol",
+        "Sec-WebSocket-Extensions",
+    ):
         headers.popall(name, None)
     protocols = _protocols(request)
     ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
     try:
-        upstream = await asyncio.wait_for(client.ws_connect(
-            ws_url,
-            headers=headers,
-            protocols=protocols,
-            autoping=False,
-            autoclose=False,
-            max_msg_size=MAX_MESSAGE,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            ssl=True if verify_tls else False,
-            compress=0,
-        ), connect_timeout)
+        upstream = await asyncio.wait_for(
+            client.ws_connect(
+                ws_url,
+                headers=headers,
+                protocols=protocols,
+                autoping=False,
+                autoclose=False,
+                max_msg_size=MAX_MESSAGE,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+                ssl=verify_tls,
+                compress=0,
+            ),
+            connect_timeout,
+        )
     except aiohttp.WSServerHandshakeError as exc:
-        raise UpstreamError(502 if exc.status >= 500 or exc.status < 400 else exc.status,
-                            f"upstream_ws_refused:{exc.status}") from None
+        raise UpstreamError(
+            502 if exc.status >= 500 or exc.status < 400 else exc.status,
+            f"upstream_ws_refused:{exc.status}",
+        ) from None
     except TimeoutError:
         raise UpstreamError(504, "upstream_timeout") from None
     except (aiohttp.ClientError, OSError) as exc:
@@ -203,7 +213,7 @@ async def _pump_both(
     to_up = asyncio.create_task(_pump(ws, upstream, conn, idle_timeout))
     to_client = asyncio.create_task(_pump(upstream, ws, conn, idle_timeout))
     try:
-        done, pending = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:
         to_up.cancel()
         to_client.cancel()

@@ -1,0 +1,336 @@
+"""Connection-level defences aiohttp lacks: a per-IP connection cap, a header timeout,
+a whole-request read timeout, and proper statuses for oversized request heads.
+
+Public surface:
+
+- :class:`Limits`: the numbers in force (read again for every new connection, so a
+  config reload applies to new connections).
+- :class:`ConnectionCounter`: open connections per client address.
+- :class:`GuardedSite`: a ``web.TCPSite`` whose connections are :class:`GuardedHandler`.
+
+Timeouts follow Go's ``net/http`` and Pomerium:
+
+- ``timeout_header``: from the first byte of a request (or from accept, for the
+  first one) until its header block is complete. Slowloris clients trickle header
+  bytes forever; they are cut here.
+- ``timeout_read``: from the first byte of a request until its body is fully
+  received or the response has started, whichever is first (Pomerium's semantics),
+  so a slow body cannot hold a connection and an upstream request open. WebSocket
+  upgrades are exempt once the handshake is answered.
+
+The per-connection cost is one timer per request head, the same as aiohttp's own
+keep-alive timer; the per-chunk cost is an integer comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_server import Server
+
+from proxy import pages
+from proxy.ratelimit import address_key
+
+log = structlog.get_logger("clawgate.connections")
+
+__all__ = ["ConnectionCounter", "GuardedHandler", "GuardedSite", "Limits"]
+
+
+def _plain(status: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 "
+        + status.encode()
+        + b"\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+        + extra
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+_REFUSED = _plain(
+    "503 Service Unavailable", b"too many connections from your address\n", b"Retry-After: 5\r\n"
+)
+_TIMED_OUT = _plain("408 Request Timeout", b"the request took too long\n")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """``max_connections_per_ip`` None = no cap; a timeout of 0 = off."""
+
+    max_connections_per_ip: int | None
+    header_timeout: float
+    read_timeout: float
+
+
+class ConnectionCounter:
+    """Open connections per key; ``acquire`` refuses past the cap."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+
+    def acquire(self, key: str, cap: int | None) -> bool:
+        current = self._open.get(key, 0)
+        if cap is not None and current >= cap:
+            return False
+        self._open[key] = current + 1
+        return True
+
+    def release(self, key: str) -> None:
+        current = self._open.get(key, 0)
+        if current <= 1:
+            self._open.pop(key, None)
+        else:
+            self._open[key] = current - 1
+
+    def count(self, key: str) -> int:
+        return self._open.get(key, 0)
+
+    def total(self) -> int:
+        return sum(self._open.values())
+
+
+class _RefusalLog:
+    """At most one log line per second about refused connections, with a count."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self._suppressed = 0
+
+    def refused(self, key: str, cap: int | None) -> None:
+        now = time.monotonic()
+        if now - self._last < 1.0:
+            self._suppressed += 1
+            return
+        log.warning(
+            "connection_refused",
+            reason="max_connections_per_ip",
+            client=key,
+            limit=cap,
+            refused_since_last_log=self._suppressed,
+        )
+        self._last = now
+        self._suppressed = 0
+
+
+class Guard:
+    """State shared by every connection of one listener."""
+
+    def __init__(self, limits: Callable[[], Limits]) -> None:
+        self.limits = limits
+        self.counter = ConnectionCounter()
+        self.refusals = _RefusalLog()
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection protocol with the limits of :class:`Limits` enforced."""
+
+    def __init__(self, manager: Server, *, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._limits = guard.limits()
+        self._key: str | None = None
+        self._refused = False
+        self._busy = 0  # requests parsed and not yet answered
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_started = 0.0
+        self._read_timers: list[asyncio.TimerHandle] = []
+
+    # -- connection life -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        limits = self._limits
+        if limits.max_connections_per_ip is not None:
+            peer = transport.get_extra_info("peername")
+            key = address_key(str(peer[0])) if isinstance(peer, tuple) and peer else "?"
+            if not self._guard.counter.acquire(key, limits.max_connections_per_ip):
+                self._refused = True
+                self._guard.refusals.refused(key, limits.max_connections_per_ip)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(_REFUSED)
+                transport.close()
+                return
+            self._key = key
+        super().connection_made(transport)
+        self._arm_head(self._loop.time())
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            return
+        if self._key is not None:
+            self._guard.counter.release(self._key)
+            self._key = None
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._busy == 0 and self._head_timer is None and data:
+            self._arm_head(self._loop.time())  # first bytes of the next keep-alive request
+        before = self._request_count
+        super().data_received(data)
+        parsed = self._request_count - before
+        if parsed:
+            self._busy += parsed
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            if self._limits.read_timeout > 0:
+                for message, payload in list(self._messages)[-parsed:]:
+                    if getattr(message, "upgrade", True) or payload.is_eof():
+                        continue
+                    when = self._head_started + self._limits.read_timeout
+                    self._read_timers.append(self._loop.call_at(when, self._read_expired, payload))
+
+    async def _handle_request(
+        self,
+        request: BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._busy = max(0, self._busy - 1)
+            if self._busy == 0:
+                for timer in self._read_timers:
+                    timer.cancel()
+                self._read_timers.clear()
+
+    # -- timers ----------------------------------------------------------------------
+
+    def _arm_head(self, now: float) -> None:
+        self._head_started = now
+        timeout = self._limits.header_timeout
+        if timeout > 0:
+            self._head_timer = self._loop.call_at(now + timeout, self._head_expired)
+
+    def _cancel_timers(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        for timer in self._read_timers:
+            timer.cancel()
+        self._read_timers.clear()
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if self._busy or self.transport is None:
+            return
+        log.info(
+            "connection_closed",
+            reason="header_timeout",
+            client=self._key,
+            timeout=self._limits.header_timeout,
+        )
+        self._abort(send_408=True)
+
+    def _read_expired(self, payload: Any) -> None:
+        if payload.is_eof() or self.transport is None:
+            return
+        current = self._current_request
+        if current is not None and current.writer.output_size > 0:
+            return  # the response has started: from here on it is a stream, not a read
+        log.info(
+            "connection_closed",
+            reason="read_timeout",
+            client=self._key,
+            timeout=self._limits.read_timeout,
+        )
+        self._abort(send_408=current is None or current.writer.output_size == 0)
+
+    def _abort(self, *, send_408: bool) -> None:
+        transport = self.transport
+        if transport is not None and send_408 and not transport.is_closing():
+            transport.write(_TIMED_OUT)
+        self.force_close()
+
+    # -- malformed requests ----------------------------------------------------------
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A page of our own for requests the parser refused, never echoing their bytes
+        (aiohttp's default repeats the offending header, which may be a cookie, into
+        both the response and the log)."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        code, title, reason = status, "Bad request", "malformed_request"
+        if isinstance(exc, LineTooLong):
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            if str(limit) == str(self.max_line_size):
+                code, title, reason = 414, "Request target too long", "uri_too_long"
+            else:
+                code, title, reason = 431, "Request headers too large", "headers_too_large"
+        elif isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message):
+            code, title, reason = 431, "Request headers too large", "headers_too_large"
+        elif status == 500:
+            title, reason = "Internal error", "internal_error"
+            if exc is not None:
+                log.error("unhandled_error", error=type(exc).__name__)
+        elif status == 504:
+            title, reason = "Timed out", "timeout"
+        if status != 500:
+            log.info(
+                "request_rejected",
+                reason=reason,
+                status=code,
+                parser_error=type(exc).__name__ if exc else None,
+            )
+        resp = pages.error(
+            request, code, title, "clawgate could not accept this request.", error_code=reason
+        )
+        resp.force_close()
+        return resp
+
+
+class GuardedSite(web.TCPSite):
+    """``web.TCPSite`` serving :class:`GuardedHandler` connections."""
+
+    __slots__ = ("_guard",)
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str | None, port: int, *, guard: Guard, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        # The handler arguments aiohttp would have used (max_field_size, keepalive...).
+        handler_kwargs: dict[str, Any] = dict(server._kwargs)
+        guard = self._guard
+
+        def factory() -> GuardedHandler:
+            return GuardedHandler(server, guard=guard, loop=loop, **handler_kwargs)
+
+        header_timeout = guard.limits().header_timeout
+        self._server = await loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            # A TLS handshake that never finishes is a slowloris one layer down.
+            ssl_handshake_timeout=(header_timeout or None) if self._ssl_context else None,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
