@@ -24,7 +24,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -80,10 +79,6 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{value!r}: port must be a number from 0 to 65535")
     return host, int(port_text)
-
-
-class Duration(float):
-    """Marker type: seconds parsed from a Go-style duration string."""
 
 
 def _duration_or_none(value: object) -> float | None:
@@ -438,18 +433,3 @@ def _message(err: Mapping[str, Any]) -> str:
         return "required key is missing"
     msg = str(err.get("msg", "invalid value"))
     return msg.removeprefix("Value error, ")
-
-
-def field_names() -> set[str]:
-    return set(Settings.model_fields)
-
-
-def route_field_names() -> set[str]:
-    out: set[str] = set()
-    for name, info in RouteSettings.model_fields.items():
-        out.add(_alias(name, info))
-    return out
-
-
-def _alias(name: str, info: FieldInfo) -> str:
-    return info.alias or name

@@ -93,37 +93,22 @@ class Snapshot:
     hosts: RouteTable[str]
     keys: Keys
     identity_headers: frozenset[str]
-    restart_fingerprint: str
     pending_restart: tuple[str, ...] = field(default=())
 
 
-def restart_fingerprint(settings: Settings) -> str:
-    digest = hashlib.sha256()
-    for key in RESTART_KEYS:
-        value = getattr(settings, key)
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        elif isinstance(value, list):
-            value = [v.get_secret_value() if hasattr(v, "get_secret_value") else v for v in value]
-        digest.update(f"{key}={value!r}\n".encode())
-    return digest.hexdigest()
-
-
-def changed_restart_keys(old: Settings, new: Settings) -> tuple[str, ...]:
-    changed = []
-    for key in RESTART_KEYS:
-        if restart_fingerprint_part(old, key) != restart_fingerprint_part(new, key):
-            changed.append(key)
-    return tuple(changed)
-
-
-def restart_fingerprint_part(settings: Settings, key: str) -> str:
+def _restart_value(settings: Settings, key: str) -> str:
     value: Any = getattr(settings, key)
     if hasattr(value, "get_secret_value"):
         value = value.get_secret_value()
     elif isinstance(value, list):
         value = [v.get_secret_value() if hasattr(v, "get_secret_value") else v for v in value]
+    # Hashed so secrets are never held in the snapshot as comparable plain text.
     return hashlib.sha256(repr(value).encode()).hexdigest()
+
+
+def changed_restart_keys(old: Settings, new: Settings) -> tuple[str, ...]:
+    """Keys whose change a running process cannot apply."""
+    return tuple(k for k in RESTART_KEYS if _restart_value(old, k) != _restart_value(new, k))
 
 
 def build_keys(settings: Settings) -> Keys:
@@ -214,7 +199,6 @@ def build_snapshot(
         hosts=hosts,
         keys=keys,
         identity_headers=frozenset(names),
-        restart_fingerprint=restart_fingerprint(settings),
     )
 
 
