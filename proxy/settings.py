@@ -31,6 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from policy.parse import format_loc
 from proxy.yamlsource import Loc, LocatedYaml, YamlError, load_located
 
 ENV_PREFIX = "CLAWGATE_"
@@ -356,23 +357,13 @@ class ConfigError(Exception):
 
 def describe(source: str, located: LocatedYaml | None, loc: Loc, message: str) -> str:
     """``config.yaml:12: routes[0].policy[0].allow.or[1]: unknown criterion 'emial'``."""
-    key = format_loc(loc)
+    key = format_loc(loc) if loc else ""
     env = _env_name(loc)
     if env is not None:
         return f"environment {env}: {key}: {message}"
     line = located.line_of(loc) if located is not None else None
     where = f"{source}:{line}" if line is not None else source
     return f"{where}: {key or '(top level)'}: {message}"
-
-
-def format_loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
 
 
 def _env_name(loc: Loc) -> str | None:
