@@ -194,6 +194,7 @@ class Settings(BaseSettings):
     max_connections_per_ip: int = Field(default=256, ge=1)
     xff_num_trusted_hops: int = Field(default=0, ge=0)
     default_upstream_timeout: float = 30.0
+    experimental_fast_upstream: bool = False  # proxy/fastpath.py instead of aiohttp client
 
     # Identity provider
     idp_provider_url: str | None = None
