@@ -166,6 +166,15 @@ class RateLimits(BaseModel):
     proxy_per_user: RateLimit | None = None
 
 
+class KeyedValueError(ValueError):
+    """A check that sees the whole document but is about one key, so the error can
+    name that key's line rather than the top of the file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class Settings(BaseSettings):
     """The whole configuration in force."""
 
@@ -295,11 +304,13 @@ class Settings(BaseSettings):
             if path is None:
                 continue
             if data.get(key) not in (None, "", []):
-                raise ValueError(f"set either {key} or {key}_file, not both")
+                raise KeyedValueError(f"{key}_file", f"set either {key} or {key}_file, not both")
             try:
                 content = Path(path).read_text(encoding="utf-8")
             except OSError as exc:
-                raise ValueError(f"{key}_file: cannot read {path}: {exc.strerror}") from None
+                raise KeyedValueError(
+                    f"{key}_file", f"cannot read {path}: {exc.strerror}"
+                ) from None
             if key == "cookie_secret":
                 data[key] = [line.strip() for line in content.splitlines() if line.strip()]
             elif key == "signing_key":
@@ -311,11 +322,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if (self.certificate_file is None) != (self.certificate_key_file is None):
-            raise ValueError("certificate_file and certificate_key_file go together")
+            given = "certificate_file" if self.certificate_file else "certificate_key_file"
+            raise KeyedValueError(given, "certificate_file and certificate_key_file go together")
         if self.insecure_server and self.certificate_file is not None:
-            raise ValueError("insecure_server serves plain HTTP: drop the certificate files")
+            raise KeyedValueError(
+                "insecure_server", "insecure_server serves plain HTTP: drop the certificate files"
+            )
         if self.cookie_same_site == "none" and self.insecure_server:
-            raise ValueError("cookie_same_site: none needs Secure cookies (not insecure_server)")
+            raise KeyedValueError(
+                "cookie_same_site", "none needs Secure cookies (not insecure_server)"
+            )
         return self
 
     @classmethod
@@ -397,12 +413,17 @@ def parse_settings(text: str, source: str = "<config>") -> tuple[Settings, Locat
         settings = Settings(**{str(k): v for k, v in data.items()})
     except ValidationError as exc:
         raise ConfigError(
-            [
-                describe(source, located, _clean_loc(err["loc"]), _message(err))
-                for err in exc.errors()
-            ]
+            [describe(source, located, _error_loc(err), _message(err)) for err in exc.errors()]
         ) from None
     return settings, located
+
+
+def _error_loc(err: Mapping[str, Any]) -> Loc:
+    # Whole-model checks report at the top level; a KeyedValueError knows its key.
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, KeyedValueError):
+        return (cause.key,)
+    return _clean_loc(err["loc"])
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> Loc:
