@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import json5
 import jsonschema
 import pytest
 import yaml
@@ -609,10 +610,11 @@ def test_healthcheck_and_upstream_match_config(
 def test_openclaw_config_trusts_exactly_clawgate(config: dict[str, Any]) -> None:
     path = OPENCLAW_DIR / "openclaw.json"
     assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
+    # OpenClaw reads JSON5 (comments, unquoted keys), as its own docs write it.
     try:
-        openclaw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        pytest.fail(f"{path.relative_to(ROOT)} is not plain JSON: {exc}")
+        openclaw = json5.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        pytest.fail(f"{path.relative_to(ROOT)} is not valid JSON5: {exc}")
     gateway = openclaw["gateway"]
     assert gateway["trustedProxies"] == [CLAWGATE_INTERNAL_IP]
     assert gateway["auth"]["mode"] == "trusted-proxy"
