@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,12 @@ _PROTOCOL_CLAIMS = frozenset(
     }
 )
 _refreshing: dict[str, asyncio.Future[Session | None]] = {}
+# Refresh results by (sid, spent refresh token). Requests sent before the browser stored
+# the refreshed cookie still carry the old one; spending a rotated refresh token twice makes
+# the IdP revoke the whole grant, so they get the result of the refresh already done.
+_recent_refreshes: OrderedDict[tuple[str, str], tuple[float, Session]] = OrderedDict()
+_RECENT_REFRESH_TTL = 120.0
+_RECENT_REFRESH_MAX = 10000
 
 
 @dataclass
@@ -94,7 +101,12 @@ async def resolve(runtime: Runtime, request: web.BaseRequest) -> Resolved:
     refreshed = await refresh(runtime, session)
     if refreshed is None:
         return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem="refresh_failed")
-    pairs = codec.encode(refreshed)
+    try:
+        pairs = codec.encode(refreshed)
+    except SessionError as exc:
+        # The IdP now sends more claims than fit in the cookies: end the session cleanly.
+        log.warning("session_refresh_failed", reason=exc.reason, user=session.email or session.sub)
+        return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem=exc.reason)
     stale = [n for n in codec.chunk_names(cookies) if n not in {p[0] for p in pairs}]
     return Resolved(refreshed, set_cookies=pairs, clear_cookies=stale)
 
@@ -159,21 +171,39 @@ async def refresh(runtime: Runtime, session: Session) -> Session | None:
     if session.refresh_token is None or runtime.oidc is None:
         log.info("session_refresh_impossible", user=session.email or session.sub)
         return None
+    key = (session.sid, session.refresh_token)
+    recent = _recent_refreshes.get(key)
+    if recent is not None:
+        at, updated = recent
+        if time.monotonic() - at < _RECENT_REFRESH_TTL and not updated.needs_refresh(
+            int(time.time())
+        ):
+            return updated
     pending = _refreshing.get(session.sid)
-    if pending is not None:
-        return await asyncio.shield(pending)
-    future: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
-    _refreshing[session.sid] = future
+    if pending is None:
+        # A task of its own: a client that goes away must not cancel the refresh that
+        # other requests of the same session are waiting for.
+        pending = asyncio.ensure_future(_refresh_once(runtime, session, key))
+        _refreshing[session.sid] = pending
+        sid = session.sid
+        pending.add_done_callback(
+            lambda done: _refreshing.pop(sid, None) if _refreshing.get(sid) is done else None
+        )
+    return await asyncio.shield(pending)
+
+
+async def _refresh_once(runtime: Runtime, session: Session, key: tuple[str, str]) -> Session | None:
+    assert runtime.oidc is not None and session.refresh_token is not None
     try:
         result = await runtime.oidc.refresh(session.refresh_token, session.id_token)
         updated = apply_refresh(runtime.snapshot.settings, session, result)
-        log.info("session_refreshed", user=updated.email or updated.sub)
     except OidcError as exc:
         log.warning("session_refresh_failed", reason=exc.reason, user=session.email or session.sub)
-        updated = None
-    finally:
-        _refreshing.pop(session.sid, None)
-    future.set_result(updated)
+        return None
+    log.info("session_refreshed", user=updated.email or updated.sub)
+    _recent_refreshes[key] = (time.monotonic(), updated)
+    while len(_recent_refreshes) > _RECENT_REFRESH_MAX:
+        _recent_refreshes.popitem(last=False)
     return updated
 
 

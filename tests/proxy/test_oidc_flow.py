@@ -238,3 +238,62 @@ async def test_failed_refresh_signs_the_user_out(
                                   headers={**JSON, "Cookie": cookie}) as r:
                 assert r.status == 401
         assert upstream.seen.requests == []
+
+
+async def test_request_with_the_pre_refresh_cookie_does_not_burn_the_grant(
+    idp_clean: TestIdP, upstream: Upstream, tmp_path: Path
+) -> None:
+    """A page fires several requests at once when the tokens have just expired: the ones
+    still carrying the old cookie must not spend the (rotated) refresh token again, which
+    makes the IdP revoke the whole grant and signs the user out."""
+    idp = idp_clean
+    idp.add_user(CAROL)
+    idp.set_config(id_token_ttl_seconds=2, access_token_ttl_seconds=2)
+    port = free_port()
+    register_client(idp, port)
+    config = base_config(port, upstream.url, idp=idp, idp_clock_leeway="0s")
+    async with running_gate(config, tmp_path) as gate, client_session() as browser:
+        await login(browser, f"{gate.url}/", CAROL.username, CAROL.password)
+        old = f"{COOKIE}={session_cookie(browser)}"
+        tokens_before = idp.stats().get("token", 0)
+        await asyncio.sleep(2.5)
+        async with browser.get(f"{gate.url}/first", headers=JSON) as r:
+            assert r.status == 200 and sets_session(r)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=False), cookie_jar=aiohttp.DummyCookieJar()
+        ) as late, late.get(f"{gate.url}/late", headers={**JSON, "Cookie": old}) as r:
+            assert r.status == 200
+        assert idp.stats().get("token", 0) == tokens_before + 1
+        # The grant is alive: the next expiry refreshes again with the new refresh token.
+        await asyncio.sleep(2.5)
+        async with browser.get(f"{gate.url}/later", headers=JSON,
+                               allow_redirects=False) as r:
+            assert r.status == 200
+            assert sets_session(r)
+        assert idp.stats().get("token", 0) == tokens_before + 2
+
+
+async def test_refresh_that_no_longer_fits_in_cookies_signs_out_cleanly(
+    idp_clean: TestIdP, upstream: Upstream, tmp_path: Path
+) -> None:
+    idp = idp_clean
+    grown = TestUser(sub="grower", username="grower@example.com", password="grower-pw",
+                     email="grower@example.com", groups=("staff",))
+    idp.add_user(grown)
+    idp.set_config(id_token_ttl_seconds=2, access_token_ttl_seconds=2)
+    port = free_port()
+    register_client(idp, port)
+    config = base_config(port, upstream.url, idp=idp, idp_clock_leeway="0s")
+    async with running_gate(config, tmp_path) as gate, client_session() as browser:
+        await login(browser, f"{gate.url}/", grown.username, grown.password)
+        # Meanwhile the user joined so many groups that the session needs > 8 cookies.
+        idp.add_user(TestUser(sub="grower", username="grower@example.com",
+                              password="grower-pw", email="grower@example.com",
+                              groups=tuple(f"group-{i:04d}-of-many-many" for i in range(700))))
+        await asyncio.sleep(2.5)
+        upstream.seen.requests.clear()
+        async with browser.get(f"{gate.url}/x", headers=JSON, allow_redirects=False) as r:
+            assert r.status == 401, await r.text()
+            assert (await r.json())["error"] == "unauthenticated"
+            assert any(h.startswith(f'{COOKIE}="";') for h in r.headers.getall("Set-Cookie", []))
+        assert upstream.seen.requests == []

@@ -4,6 +4,7 @@ the IdP session and the session's open WebSockets."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
@@ -121,3 +122,28 @@ async def test_sign_out_without_a_session(idp: TestIdP, upstream: Upstream, tmp_
         async with browser.post(f"{gate.url}/.clawgate/sign_out", allow_redirects=False) as r:
             assert r.status == 302
             assert r.headers["Location"] == "/.clawgate/signed_out"
+
+
+async def test_oversized_sign_out_form_is_refused_unread(
+    idp: TestIdP, upstream: Upstream, tmp_path: Path
+) -> None:
+    port = free_port()
+    register_client(idp, port)
+    async with running_gate(base_config(port, upstream.url, idp=idp), tmp_path) as gate, \
+            client_session() as browser:
+        await login(browser, f"{gate.url}/", DAVE.username, DAVE.password)
+        async with browser.get(f"{gate.url}/.clawgate/user", headers=JSON) as r:
+            csrf = (await r.json())["csrf"]
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        big = f"csrf={csrf}&pad=".encode() + b"x" * (8 * 1024 * 1024)
+
+        async def chunked() -> AsyncIterator[bytes]:
+            yield f"csrf={csrf}".encode()
+
+        for body in (big, chunked()):
+            async with browser.post(f"{gate.url}/.clawgate/sign_out", data=body,
+                                    headers={**HTML, **form}, allow_redirects=False) as r:
+                assert r.status == 413
+                assert not cleared(r)
+        async with browser.get(f"{gate.url}/still-in", headers=JSON) as r:
+            assert r.status == 200
