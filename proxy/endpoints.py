@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import unquote, urlsplit
 
 import structlog
@@ -37,6 +37,7 @@ SIGNED_OUT = "/.clawgate/signed_out"
 JWKS_PATH = "/.well-known/clawgate/jwks.json"
 LOGIN_TTL = 600
 _STATE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+_MAX_SIGN_OUT_FORM = 4096
 
 Handler = Callable[[Runtime, web.Request, str | None], Awaitable[web.StreamResponse]]
 
@@ -240,7 +241,21 @@ async def sign_out(runtime: Runtime, request: web.Request, route: str | None) ->
         response = pages.redirect(SIGNED_OUT)
         apply_cookies(response, runtime.snapshot.settings, resolved, None)
         return response
-    form = await request.post() if request.content_type.endswith("form-urlencoded") else {}
+    form: Mapping[str, object] = {}
+    if request.content_type.endswith("form-urlencoded"):
+        # The app accepts unlimited bodies (they stream to the upstream); this one is read
+        # into memory, so only a form of sign-out size is.
+        length = request.content_length
+        if length is None or length > _MAX_SIGN_OUT_FORM:
+            return pages.error(
+                request,
+                413,
+                "Sign-out refused",
+                "The sign-out form is too large.",
+                error_code="form_too_large",
+                request_id=rid,
+            )
+        form = await request.post()
     token = str(form.get("csrf", "")) or request.headers.get("X-Clawgate-Csrf", "")
     if not hmac.compare_digest(token.encode(), session.csrf.encode()):
         return pages.error(
