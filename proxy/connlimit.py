@@ -42,7 +42,7 @@ from proxy.ratelimit import address_key
 
 log = structlog.get_logger("clawgate.connections")
 
-__all__ = ["ConnectionCounter", "GuardedHandler", "GuardedSite", "Limits"]
+__all__ = ["ConnectionCounter", "GuardedHandler", "GuardedSite", "Limits", "strict_framing"]
 
 
 def _plain(status: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -295,6 +295,30 @@ class GuardedHandler(RequestHandler):
         )
         resp.force_close()
         return resp
+
+
+@web.middleware
+async def strict_framing(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Refuse requests whose framing a proxy in front may read differently.
+
+    HTTP/0.9 has no headers to speak of (a CR LF inside a target turns into one), and an
+    HTTP/1.0 request with Transfer-Encoding is framed by whoever reads it: RFC 9112 6.1
+    says to treat it as faulty and close the connection, which also drops anything
+    pipelined behind it.
+    """
+    version = request.version
+    if version not in ((1, 0), (1, 1)) or (
+        version == (1, 0) and "Transfer-Encoding" in request.headers
+    ):
+        log.info("request_rejected", reason="ambiguous_framing",
+                 version=f"{version[0]}.{version[1]}")
+        resp = pages.error(request, 400, "Bad request", "clawgate could not accept this request.",
+                           error_code="ambiguous_framing")
+        resp.force_close()
+        return resp
+    return await handler(request)
 
 
 class GuardedSite(web.TCPSite):

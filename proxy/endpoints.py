@@ -60,6 +60,26 @@ def safe_return_path(value: str | None) -> str:
     return value
 
 
+# States already redeemed, kept until their login cookie would have expired anyway: a
+# copied callback URL plus login cookie must not sign in twice, whether or not the
+# identity provider enforces single-use codes. Insertion order is expiry order.
+_used_states: dict[str, float] = {}
+_MAX_USED_STATES = 100_000
+
+
+def _consume_state(state: str, now: float) -> bool:
+    """False if ``state`` was redeemed before; otherwise remember it and return True."""
+    while _used_states:
+        oldest, until = next(iter(_used_states.items()))
+        if until > now and len(_used_states) < _MAX_USED_STATES:
+            break
+        del _used_states[oldest]
+    if state in _used_states:
+        return False
+    _used_states[state] = now + LOGIN_TTL
+    return True
+
+
 def login_cookie_name(runtime: Runtime, state: str) -> str:
     # One cookie per sign-in attempt, so two tabs signing in at once don't clash.
     return f"{runtime.snapshot.keys.cookie_name}_login_{state[:12]}"
@@ -172,6 +192,13 @@ async def callback(runtime: Runtime, request: web.Request, route: str | None) ->
             "Sign-in failed",
             "The sign-in response does not belong to this sign-in attempt.",
             "state_mismatch",
+        )
+    if not _consume_state(state, time.monotonic()):
+        return fail(
+            400,
+            "No sign-in in progress",
+            "This sign-in link was already used. Please start again.",
+            "state_replayed",
         )
     code = request.query.get("code", "")
     if not code or len(code) > 4096:

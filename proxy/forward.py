@@ -18,7 +18,12 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.snapshot import HSTS, SECURITY_HEADERS
+
 log = structlog.get_logger("clawgate.forward")
+
+# The security headers every route gets by default (see proxy/snapshot.py).
+DEFAULT_RESPONSE_HEADERS = {**SECURITY_HEADERS, "Strict-Transport-Security": HSTS}
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -121,6 +126,10 @@ def upstream_headers(
         key = name.lower()
         if key in drop or key == "host":
             continue
+        if "_" in key and key.replace("_", "-") in drop:
+            # CGI-style upstreams (WSGI, PHP) read X_Forwarded_For as X-Forwarded-For:
+            # an underscore spelling must not smuggle in what the dash spelling cannot.
+            continue
         if key in _WS_HANDSHAKE and not websocket:
             continue
         if key == "cookie":
@@ -148,6 +157,8 @@ def _response_headers(
         if name.lower() not in drop:
             out.add(name, value)
     for name, value in extra.items():
+        if name in upstream and DEFAULT_RESPONSE_HEADERS.get(name) == value:
+            continue  # a default never overrides the upstream's own (maybe stricter) choice
         out[name] = value
     return out
 

@@ -17,14 +17,14 @@ import structlog
 from aiohttp import web
 
 from proxy import pages
-from proxy.connlimit import Guard, GuardedSite, Limits
+from proxy.connlimit import Guard, GuardedSite, Limits, strict_framing
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
 from proxy.oidc import OidcClient, OidcError
 from proxy.policy_watch import reauthorize_connections
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime
 from proxy.settings import ConfigError, Settings, load_settings, parse_listen_address
-from proxy.snapshot import Snapshot, build_snapshot, changed_restart_keys
+from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys
 from proxy.throttle import THROTTLE, Throttle, throttle_middleware
 from proxy.tls import CertificateStore
 from proxy.websocket import GOING_AWAY
@@ -59,6 +59,11 @@ async def access_log(
         status = response.status
         if not response.prepared:
             response.headers.setdefault("X-Request-Id", rid)
+            # clawgate's own responses (pages, redirects, JSON): HSTS like proxied ones, and
+            # no server version for scanners.
+            if runtime.secure:
+                response.headers.setdefault("Strict-Transport-Security", HSTS)
+            response.headers.setdefault("Server", "clawgate")
         return response
     except web.HTTPException as exc:
         status = exc.status
@@ -94,7 +99,7 @@ async def access_log(
 
 def build_app(runtime: Runtime) -> web.Application:
     app = web.Application(
-        middlewares=[access_log, throttle_middleware],
+        middlewares=[access_log, strict_framing, throttle_middleware],
         client_max_size=0,
         handler_args={
             "max_field_size": MAX_FIELD_SIZE,
