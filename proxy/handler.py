@@ -19,6 +19,7 @@ from policy.paths import UnsafePathError, normalize_path
 from policy.routes import rewrite_path
 from proxy import pages
 from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
+from proxy.fastpath import UPSTREAM_POOL, forward_fast
 from proxy.forward import UpstreamError, UpstreamRequest, forward_http, upstream_headers
 from proxy.identity import apply_cookies, request_host, resolve, to_identity
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client_ip
@@ -68,7 +69,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     request[ROUTE_NAME] = route.name
     resolved = await resolve(runtime, request)
     session = resolved.session
-    identity = to_identity(session) if session is not None else None
+    identity = to_identity(session, snap.settings.idp_groups_claim) if session is not None else None
     if session is not None:
         request[USER] = session.email or session.sub
         limited = limit_user(request, session.sub)
@@ -120,9 +121,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         if websocket:
             return await _websocket(runtime, request, route, session, path, ip, target, headers)
-        response = await forward_http(
+        # Both forwarders take the same inputs and keep the same rules (proxy/fastpath.py).
+        fast = snap.settings.experimental_fast_upstream
+        forward = forward_fast if fast else forward_http
+        response = await forward(
             request,
-            runtime.http,
+            request.app[UPSTREAM_POOL] if fast else runtime.http,  # type: ignore[arg-type]
             UpstreamRequest(
                 url=target,
                 headers=headers,

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy import pages
 from proxy.connlimit import Guard, GuardedSite, Limits, strict_framing
+from proxy.fastpath import UPSTREAM_POOL, UpstreamPool
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
 from proxy.oidc import OidcClient, OidcError
@@ -108,13 +109,18 @@ def build_app(runtime: Runtime) -> web.Application:
     )
     app[RUNTIME] = runtime
     app[THROTTLE] = Throttle()
+    app[UPSTREAM_POOL] = pool = UpstreamPool()
     app.router.add_route("*", "/{tail:.*}", handle)
 
     async def on_shutdown(app: web.Application) -> None:
         runtime.draining = True
         await runtime.registry.close_all(GOING_AWAY, "server shutting down")
 
+    async def on_cleanup(app: web.Application) -> None:
+        await pool.close()
+
     app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     return app
 
 

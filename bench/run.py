@@ -1,0 +1,672 @@
+"""clawgate end-to-end benchmark: one command, a few minutes, loopback only.
+
+Run from the repository root::
+
+    .venv/bin/python bench/run.py                 # full run (about 3 minutes)
+    .venv/bin/python bench/run.py --quick         # 3 s per load run, smaller transfers
+    .venv/bin/python bench/run.py --json out.json # also write the results as JSON
+
+It starts, all on 127.0.0.1:
+- a fast upstream: nginx (Debian package) serving a 1 KB body and a sparse 1 GB file,
+  plus a bare WebSocket echo / upload sink (bench/servers.py);
+- nginx as a TLS reverse proxy, 1 worker, upstream keep-alive pool (the reference);
+- an aiohttp server over TLS answering by itself (the bar clawgate is held to);
+- clawgate itself (``python -m proxy.cli serve``) with a realistic policy, and a real
+  signed-in session minted with clawgate's own SessionCodec and cookie_secret.
+
+Loads: wrk (Debian package) for HTTP, bench/wsload.py for WebSockets, curl for the
+1 GB transfers. The auth step is timed in-process. Needs nginx, wrk and curl on PATH
+(``scripts/setup --full`` installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.auth_step_bench import per_call_us  # noqa: E402
+from policy.model import RequestFacts  # noqa: E402
+from proxy.identity import to_identity  # noqa: E402
+from proxy.session import Session, parse_cookie_header  # noqa: E402
+from proxy.settings import load_settings  # noqa: E402
+from proxy.snapshot import build_snapshot  # noqa: E402
+from proxy.tls import generate_self_signed  # noqa: E402
+
+PY = sys.executable
+USER_EMAIL = "user250@corp7.example"  # listed near the end of the allow-list below
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 20) -> float:
+    """Seconds until ``port`` accepts a TCP connection."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return time.perf_counter() - start
+        except OSError:
+            time.sleep(0.01)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def family_rss_kb(pid: int) -> int:
+    return rss_kb(pid) + sum(family_rss_kb(c) for c in children(pid))
+
+
+class RssSampler:
+    """Peak RSS of a process tree, sampled every 20 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = family_rss_kb(pid)
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            with contextlib.suppress(OSError, ValueError):
+                self.peak = max(self.peak, family_rss_kb(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Bench:
+    tmp: Path
+    seconds: float
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(self, args: list[str], name: str, **kw: Any) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.procs):
+            self.stop(proc)
+
+
+# --- nginx -----------------------------------------------------------------------------
+
+_NGINX_COMMON = """
+user root;
+worker_processes 1;
+daemon off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}.error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  client_body_temp_path {tmp}/{name}-body;
+  proxy_temp_path {tmp}/{name}-proxy;
+  fastcgi_temp_path {tmp}/{name}-fcgi;
+  uwsgi_temp_path {tmp}/{name}-uwsgi;
+  scgi_temp_path {tmp}/{name}-scgi;
+  access_log off;
+  keepalive_requests 1000000;
+  sendfile on;
+  {body}
+}}
+"""
+
+
+def nginx_upstream_conf(tmp: Path, port: int) -> str:
+    body = f"""
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    root {tmp}/www;
+    location / {{ default_type text/plain; }}
+  }}"""
+    return _NGINX_COMMON.format(tmp=tmp, name="nginx-upstream", body=body)
+
+
+def nginx_proxy_conf(tmp: Path, port: int, upstream: int, ws_upstream: int) -> str:
+    body = f"""
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+  server {{
+    listen 127.0.0.1:{port} ssl backlog=4096;
+    ssl_certificate {tmp}/cert.pem;
+    ssl_certificate_key {tmp}/key.pem;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+    }}
+    location /ws {{
+      proxy_pass http://127.0.0.1:{ws_upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+    }}
+  }}"""
+    return _NGINX_COMMON.format(tmp=tmp, name="nginx-proxy", body=body)
+
+
+# --- clawgate ----------------------------------------------------------------------------
+
+
+def policy_lists() -> dict[str, Any]:
+    """A few hundred emails, domains and groups, as an organisation would list them."""
+    emails = [f"user{i}@corp{i % 13}.example" for i in range(300)]
+    domains = [f"dept{i}.example.org" for i in range(200)]
+    groups = [f"team-{i}" for i in range(200)]
+    return {
+        "allowed_users": emails,
+        "policy": [
+            {"allow": {"or": [*({"domain": {"is": d}} for d in domains),
+                              *({"groups": {"has": g}} for g in groups)]}},
+            {"deny": {"or": [{"http_path": {"starts_with": "/admin"}}]}},
+        ],
+    }
+
+
+def clawgate_config(tmp: Path, port: int, upstream: int, ws_upstream: int, workers: int,
+                    metrics: bool, fast: bool) -> dict[str, Any]:
+    origin = f"https://127.0.0.1:{port}"
+    common: dict[str, Any] = {"from": origin, "pass_identity_headers": True, **policy_lists()}
+    config: dict[str, Any] = {
+        "address": f"127.0.0.1:{port}",
+        "certificate_file": str(tmp / "cert.pem"),
+        "certificate_key_file": str(tmp / "key.pem"),
+        "health_address": f"127.0.0.1:{free_port()}",
+        "cookie_secret": "8uXG7lJ9t1m1J3lq7h1a0kqB0Wm6o1Jb5zq4Jk2n1xQ=",
+        "log_level": "info",
+        "log_format": "json",
+        "workers": workers,
+        "idp_provider_url": f"http://127.0.0.1:{ws_upstream}",
+        "idp_client_id": "bench",
+        "idp_client_secret": "bench-secret",
+        "jwt_claims_headers": {"X-Pomerium-Claim-Email": "email"},
+        "routes": [
+            {**common, "prefix": "/ws", "to": f"http://127.0.0.1:{ws_upstream}",
+             "allow_websockets": True},
+            {**common, "prefix": "/upload", "to": f"http://127.0.0.1:{ws_upstream}"},
+            {**common, "to": f"http://127.0.0.1:{upstream}"},
+        ],
+    }
+    if metrics:
+        config["metrics_address"] = f"127.0.0.1:{free_port()}"
+    if fast:
+        config["experimental_fast_upstream"] = True
+    return config
+
+
+def mint_cookie(config_path: Path, port: int) -> str:
+    """A real signed-in session, sealed with the configured cookie_secret."""
+    settings, located = load_settings(config_path)
+    snap = build_snapshot(settings, located, str(config_path))
+    now = int(time.time())
+    session = Session.create(
+        sub="248289761001", email=USER_EMAIL, email_verified=True,
+        groups=["staff", "team-199"], claims={"name": "Bench User"},
+        host=f"127.0.0.1:{port}", now=now, lifetime=8 * 3600, refresh_at=now + 3600,
+        refresh_token="r" * 200, id_token="i" * 300,
+    )
+    pairs = snap.keys.codec.encode(session)
+    return "; ".join(f"{n}={v}" for n, v in pairs)
+
+
+def auth_step_us(config_path: Path, cookie: str, port: int) -> dict[str, float]:
+    """Cookie decode (cache hit) + policy decision + identity assertion, in-process."""
+    settings, located = load_settings(config_path)
+    snap = build_snapshot(settings, located, str(config_path))
+    route = snap.routes[-1]
+    codec, signer, name = snap.keys.codec, snap.keys.signer, snap.keys.cookie_name
+    header = f"_ga=GA1.2.3456.7890; theme=dark; {cookie}"
+    host = f"127.0.0.1:{port}"
+
+    def step() -> object:
+        now = int(time.time())
+        session = codec.decode(parse_cookie_header(header, name), host=host, now=now)
+        assert session is not None
+        identity = to_identity(session)
+        facts = RequestFacts("GET", "/", "127.0.0.1", datetime.now(UTC))
+        decision = route.policy.decide(facts, identity)
+        assert decision.allow, decision.reason
+        return signer.sign(session, audience=host, now=now)
+
+    step()
+    return {"auth_step_us": per_call_us(step, 0.5)}
+
+
+# --- load generators ---------------------------------------------------------------------
+
+_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1e6}
+
+
+def _us(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children (live ones)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(c) for c in children(pid))
+
+
+def wrk(url: str, seconds: float, cookie: str | None = None, conns: int = 64,
+        pid: int | None = None) -> dict[str, Any]:
+    """wrk's numbers, plus the server's CPU time per request when ``pid`` is given.
+
+    On a shared machine requests/s moves with the neighbours' load; CPU per request
+    does much less, so it is the steadier figure for before/after comparisons."""
+    cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds:g}s", "--latency", url]
+    if cookie:
+        cmd[1:1] = ["-H", f"Cookie: {cookie}"]
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    return {
+        "rps": round(rps, 1),
+        "p50_us": round(_us(lat["50"]), 1),
+        "p99_us": round(_us(lat["99"]), 1),
+        "cpu_us_per_req": round(cpu / total * 1e6, 1) if pid and total else None,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def wsload(mode: str, url: str, cookie: str | None, **kw: Any) -> list[str]:
+    cmd = [PY, str(ROOT / "bench/wsload.py"), mode, "--url", url]
+    if cookie:
+        cmd += ["--cookie", cookie]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    return cmd
+
+
+def curl_speed(args: list[str], cookie: str) -> tuple[float, int]:
+    out = subprocess.run(
+        ["curl", "-sk", "-o", "/dev/null", "-H", f"Cookie: {cookie}",
+         "-w", "%{http_code} %{speed_download} %{speed_upload}", *args],
+        capture_output=True, text=True, timeout=300,
+    ).stdout.split()
+    code, down, up = int(out[0]), float(out[1]), float(out[2])
+    return max(down, up) / 1e6, code
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def environment(args: argparse.Namespace) -> Iterator[Bench]:
+    for tool in ("nginx", "wrk", "curl"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} not found (scripts/setup --full installs it)")
+    tmp = Path(tempfile.mkdtemp(prefix="clawgate-bench-"))
+    bench = Bench(tmp, args.seconds)
+    try:
+        yield bench
+    finally:
+        bench.stop_all()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}")
+
+
+def start_clawgate(bench: Bench, name: str, config: dict[str, Any], port: int
+                   ) -> tuple[subprocess.Popen[bytes], Path, float]:
+    path = bench.tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    started = time.perf_counter()
+    proc = bench.spawn([PY, "-m", "proxy.cli", "serve", "--config", str(path)], name)
+    wait_port(port, proc)
+    # Listening is not enough with several workers: wait until every one answers.
+    ready = time.perf_counter() - started
+    return proc, path, ready
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "kernel": platform.release()},
+        "settings": {"seconds": args.seconds, "connections": 64, "ws_connections": 50,
+                     "ws_message_bytes": 100, "fast_upstream": args.fast,
+                     "metrics": args.metrics},
+        "http": {}, "ws": {},
+    }
+    with environment(args) as bench:
+        tmp = bench.tmp
+        cert = generate_self_signed(["127.0.0.1", "localhost"])
+        (tmp / "cert.pem").write_bytes(cert.cert_pem)
+        (tmp / "key.pem").write_bytes(cert.key_pem)
+        (tmp / "www").mkdir()
+        (tmp / "www/index.html").write_bytes(b"x" * 1024)
+        big_mb = args.stream_mb
+        with open(tmp / "www/big", "wb") as f:
+            f.truncate(big_mb * 1024 * 1024)  # sparse: costs no disk
+        up_port, ws_port, ng_port, self_port, cg_port = (free_port() for _ in range(5))
+
+        (tmp / "up.conf").write_text(nginx_upstream_conf(tmp, up_port))
+        (tmp / "proxy.conf").write_text(nginx_proxy_conf(tmp, ng_port, up_port, ws_port))
+        pids = {
+            "nginx-upstream": bench.spawn(
+                ["nginx", "-p", str(tmp), "-c", str(tmp / "up.conf")], "nginx-upstream").pid,
+            "nginx-proxy": bench.spawn(
+                ["nginx", "-p", str(tmp), "-c", str(tmp / "proxy.conf")], "nginx-proxy").pid,
+            "ws-upstream": bench.spawn(
+                [PY, str(ROOT / "bench/servers.py"), "upstream", "--port", str(ws_port)],
+                "ws-upstream").pid,
+            "self": bench.spawn(
+                [PY, str(ROOT / "bench/servers.py"), "self", "--port", str(self_port),
+                 "--cert", str(tmp / "cert.pem"), "--key", str(tmp / "key.pem")], "self").pid,
+        }
+        for port in (up_port, ws_port, ng_port, self_port):
+            wait_port(port, None)
+
+        def clawgate(workers: int) -> tuple[subprocess.Popen[bytes], Path, float]:
+            config = clawgate_config(tmp, cg_port, up_port, ws_port, workers,
+                                     args.metrics, args.fast)
+            return start_clawgate(bench, f"clawgate-w{workers}", config, cg_port)
+
+        proc, cfg_path, startup = clawgate(1)
+        results["startup_s"] = round(startup, 3)
+        cookie = mint_cookie(cfg_path, cg_port)
+        check = subprocess.run(
+            ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+             "-H", f"Cookie: {cookie}", f"https://127.0.0.1:{cg_port}/"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout
+        if check != "200 1024":
+            raise SystemExit(f"clawgate did not serve the signed-in request: {check!r} "
+                             f"(log: {tmp}/clawgate-w1.log)")
+        results.update(auth_step_us(cfg_path, cookie, cg_port))
+        if args.serve:
+            # For profiling by hand: everything stays up for a while, nothing is measured.
+            (tmp / "cookie.txt").write_text(cookie)
+            print(json.dumps({"direct": up_port, "ws_upstream": ws_port, "nginx": ng_port,
+                              "aiohttp_self": self_port, "clawgate": cg_port,
+                              "clawgate_pid": proc.pid, "cookie_file": str(tmp / "cookie.txt")}),
+                  flush=True)
+            time.sleep(args.serve)
+            return results
+
+        secs = args.seconds
+        http = results["http"]
+        print(f"HTTP, wrk 2 threads, 64 connections, {secs:g} s each", flush=True)
+        for label, url, ck, pid in (
+            ("direct", f"http://127.0.0.1:{up_port}/", None, pids["nginx-upstream"]),
+            ("nginx", f"https://127.0.0.1:{ng_port}/", None, pids["nginx-proxy"]),
+            ("aiohttp_self", f"https://127.0.0.1:{self_port}/", None, pids["self"]),
+            ("clawgate_w1", f"https://127.0.0.1:{cg_port}/", cookie, proc.pid),
+        ):
+            spy = None
+            if args.profile and label == "clawgate_w1":
+                spy = profile(proc.pid, secs, args.profile)
+            http[label] = wrk(url, secs, ck, pid=pid)
+            if spy is not None:
+                spy.wait(30)
+                print(top_frames(args.profile / "clawgate_w1.txt"), flush=True)
+            print(f"  {label:14} {http[label]}", flush=True)
+
+        ws = results["ws"]
+        if not args.skip_ws:
+            for label, url in (("direct", f"ws://127.0.0.1:{ws_port}/ws"),
+                               ("clawgate", f"wss://127.0.0.1:{cg_port}/ws")):
+                out = subprocess.run(
+                    wsload("echo", url, cookie if label == "clawgate" else None,
+                           seconds=secs, conns=50),
+                    capture_output=True, text=True, timeout=secs + 60,
+                )
+                if out.returncode != 0:
+                    raise SystemExit(f"wsload failed: {out.stderr[-2000:]}")
+                ws[label] = json.loads(out.stdout)
+                print(f"  ws {label:10} {ws[label]}", flush=True)
+
+        if not args.skip_stream:
+            with RssSampler(proc.pid) as sampler:
+                down, code = curl_speed([f"https://127.0.0.1:{cg_port}/big"], cookie)
+            results["stream_download"] = {
+                "mb": big_mb, "mb_per_s": round(down, 1), "status": code,
+                "rss_growth_mb": round((sampler.peak - sampler.base) / 1024, 1)}
+            with RssSampler(proc.pid) as sampler:
+                upload, code = curl_speed(
+                    ["-T", str(tmp / "www/big"), f"https://127.0.0.1:{cg_port}/upload"], cookie)
+            results["stream_upload"] = {
+                "mb": big_mb, "mb_per_s": round(upload, 1), "status": code,
+                "rss_growth_mb": round((sampler.peak - sampler.base) / 1024, 1)}
+            print(f"  stream {results['stream_download']} {results['stream_upload']}", flush=True)
+
+        if args.idle_ws:
+            results["ws_idle"] = idle_websockets(bench, proc.pid, cg_port, cookie, args.idle_ws)
+            print(f"  idle ws {results['ws_idle']}", flush=True)
+        bench.stop(proc)
+
+        for workers in args.workers:
+            if workers == 1:
+                continue
+            proc, _, startup_n = clawgate(workers)
+            time.sleep(1.0)  # let every worker bind and warm up
+            http[f"clawgate_w{workers}"] = wrk(f"https://127.0.0.1:{cg_port}/", secs, cookie,
+                                               pid=proc.pid)
+            http[f"clawgate_w{workers}"]["startup_s"] = round(startup_n, 3)
+            print(f"  clawgate_w{workers}    {http[f'clawgate_w{workers}']}", flush=True)
+            bench.stop(proc)
+    if not args.serve:
+        summarize(results)
+    return results
+
+
+def profile(pid: int, seconds: float, directory: Path) -> subprocess.Popen[bytes]:
+    """py-spy (sampling, from outside) on clawgate while the load runs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    return subprocess.Popen(
+        [spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds) - 1)), "-r", "250",
+         "--nonblocking", "--format", "raw", "-o", str(directory / "clawgate_w1.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def top_frames(collapsed: Path, n: int = 25) -> str:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+    lines = [f"py-spy: {total} samples; top {n} by own time (own% / incl%)"]
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
+        lines.append(f"  {100 * count / total:5.1f}% {100 * incl[frame] / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+def idle_websockets(bench: Bench, pid: int, port: int, cookie: str, count: int) -> dict[str, Any]:
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Each proxied WebSocket holds two descriptors in clawgate (client and upstream).
+    count = min(count, (hard - 256) // 2)
+    time.sleep(0.5)
+    base = family_rss_kb(pid)
+    client = subprocess.Popen(
+        wsload("idle", f"wss://127.0.0.1:{port}/ws", cookie, count=count, concurrency=64),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    assert client.stdout is not None and client.stdin is not None
+    started = time.perf_counter()
+    line = client.stdout.readline().split()
+    opened = int(line[1]) if len(line) > 1 else 0
+    failed = int(line[2]) if len(line) > 2 else count
+    open_s = time.perf_counter() - started
+    time.sleep(2.0)  # let buffers settle
+    held = family_rss_kb(pid)
+    client.stdin.write("\n")
+    client.stdin.flush()
+    client.wait(60)
+    per = (held - base) / opened if opened else 0.0
+    return {"requested": count, "opened": opened, "failed": failed, "open_s": round(open_s, 1),
+            "rss_base_mb": round(base / 1024, 1), "rss_held_mb": round(held / 1024, 1),
+            "kb_per_connection": round(per, 1), "fd_hard_limit": hard}
+
+
+def summarize(r: dict[str, Any]) -> None:
+    http = r["http"]
+    print()
+    print(f"{'HTTP (1 KB body)':28} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11}")
+    for label, row in http.items():
+        cpu = row.get("cpu_us_per_req")
+        print(f"{label:28} {row['rps']:10.0f} {row['p50_us'] / 1000:8.2f} "
+              f"{row['p99_us'] / 1000:8.2f} {cpu if cpu is not None else '-':>11}"
+              + (f"  non-2xx {row['non_2xx']}" if row["non_2xx"] else ""))
+    ratios: dict[str, float] = {}
+    for label in [k for k in http if k.startswith("clawgate")]:
+        if "aiohttp_self" in http:
+            ratios[f"{label}/aiohttp_self"] = round(
+                http[label]["rps"] / http["aiohttp_self"]["rps"], 3)
+        if "nginx" in http:
+            ratios[f"{label}/nginx"] = round(http[label]["rps"] / http["nginx"]["rps"], 3)
+    for label in [k for k in http if k.startswith("clawgate")]:
+        base, mine = http.get("aiohttp_self", {}).get("cpu_us_per_req"), http[label].get(
+            "cpu_us_per_req")
+        if base and mine:
+            ratios[f"{label}/aiohttp_self (by CPU per request)"] = round(base / mine, 3)
+    if "clawgate_w1" in http:
+        for label in [k for k in http if k.startswith("clawgate_w") and k != "clawgate_w1"]:
+            ratios[f"{label}/clawgate_w1"] = round(
+                http[label]["rps"] / http["clawgate_w1"]["rps"], 3)
+    r["ratios"] = ratios
+    for k, v in ratios.items():
+        print(f"  {k:40} {v:6.3f}")
+    ws = r.get("ws", {})
+    if "direct" in ws and "clawgate" in ws:
+        d, c = ws["direct"], ws["clawgate"]
+        r["ws_summary"] = {
+            "ratio": round(c["round_trips_per_s"] / d["round_trips_per_s"], 3),
+            "added_p50_us": round(c["p50_us"] - d["p50_us"], 1),
+            "added_p99_us": round(c["p99_us"] - d["p99_us"], 1),
+        }
+        print(f"WebSocket echo, 50 connections, 100 B: direct {d['round_trips_per_s']:.0f}/s, "
+              f"clawgate {c['round_trips_per_s']:.0f}/s (x{r['ws_summary']['ratio']}), "
+              f"added p50 {r['ws_summary']['added_p50_us'] / 1000:.2f} ms, "
+              f"p99 {r['ws_summary']['added_p99_us'] / 1000:.2f} ms")
+    if "ws_idle" in r:
+        i = r["ws_idle"]
+        print(f"Idle WebSockets: {i['opened']} open, {i['kb_per_connection']} KB RSS each")
+    for key in ("stream_download", "stream_upload"):
+        if key in r:
+            s = r[key]
+            print(f"{key}: {s['mb']} MB at {s['mb_per_s']} MB/s, "
+                  f"RSS growth {s['rss_growth_mb']} MB")
+    print(f"Auth step (in-process): {r['auth_step_us']:.1f} us; start-up {r['startup_s']} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load run")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 s runs, 256 MB transfers, 2,000 idle WebSockets")
+    parser.add_argument("--workers", default="1,2", help="worker counts to measure")
+    parser.add_argument("--idle-ws", type=int, default=10_000)
+    parser.add_argument("--stream-mb", type=int, default=1024)
+    parser.add_argument("--skip-ws", action="store_true")
+    parser.add_argument("--skip-stream", action="store_true")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false",
+                        help="run clawgate without its metrics listener")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                        help="experimental_fast_upstream (default on)")
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy clawgate (1 worker) during its HTTP run; stacks go here")
+    parser.add_argument("--serve", type=float, default=0, metavar="SECONDS",
+                        help="start everything, print the ports, wait, stop (no measurements)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds = min(args.seconds, 3.0)
+        args.stream_mb = min(args.stream_mb, 256)
+        args.idle_ws = min(args.idle_ws, 2000)
+    args.workers = [int(w) for w in args.workers.split(",") if w]
+    results = run(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""The lean upstream path keeps every rule of proxy/forward.py.
+
+A scripted raw upstream (asyncio server) answers exactly the bytes each test needs, so
+framing cases aiohttp would never produce (no length, HEAD with a length, interim 1xx,
+a connection that dies mid-body) are exercised for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.fastpath import UpstreamPool, _serialize, forward_fast
+from proxy.forward import UpstreamError, UpstreamRequest
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawUpstream:
+    """Counts connections; ``script`` serves each one."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self.script(reader, writer)
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def read_request(reader: asyncio.StreamReader, raw: RawUpstream) -> tuple[bytes, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    body = b""
+    lower = head.lower()
+    if b"content-length:" in lower:
+        length = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+    elif b"transfer-encoding: chunked" in lower:
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    raw.requests.append(head + body)
+    return head, body
+
+
+@contextlib.asynccontextmanager
+async def proxied(
+    script: Script, *, timeout: float | None = 5.0, idle: float | None = None
+) -> AsyncIterator[tuple[RawUpstream, aiohttp.ClientSession, str, UpstreamPool]]:
+    raw = RawUpstream(script)
+    raw.server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+    pool = UpstreamPool()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in request.headers.items()
+            if k.lower() not in ("host", "transfer-encoding", "connection")
+        )
+        headers["Host"] = f"127.0.0.1:{raw.port}"
+        up = UpstreamRequest(
+            url=URL(f"http://127.0.0.1:{raw.port}{request.raw_path}", encoded=True),
+            headers=headers, timeout=timeout, idle_timeout=idle,
+            response_headers={"X-Added": "yes"}, ssl=True,
+        )
+        try:
+            return await forward_fast(request, pool, up)
+        except UpstreamError as exc:
+            return web.Response(status=exc.status, text=exc.reason)
+
+    app = web.Application(client_max_size=0)
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession(auto_decompress=False) as client:
+        try:
+            yield raw, client, f"http://127.0.0.1:{port}", pool
+        finally:
+            await pool.close()
+            await runner.cleanup()
+            raw.server.close()
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def keep_serving(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       raw: RawUpstream, answer: Callable[[bytes, bytes], bytes]) -> None:
+    while True:
+        head, body = await read_request(reader, raw)
+        writer.write(answer(head, body))
+        await writer.drain()
+
+
+async def test_keep_alive_reuse_and_response_header_hygiene() -> None:
+    raw_ref: list[RawUpstream] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await keep_serving(r, w, raw_ref[0], lambda h, b: ok(
+            b"hello", b"Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: t=5\r\n"
+                      b"X-Kept: 2\r\n"))
+
+    async with proxied(script) as (raw, client, base, pool):
+        raw_ref.append(raw)
+        for _ in range(3):
+            async with client.get(f"{base}/a?b=1") as resp:
+                assert resp.status == 200
+                assert await resp.read() == b"hello"
+                assert "X-Secret" not in resp.headers and "Keep-Alive" not in resp.headers
+                assert resp.headers["X-Kept"] == "2" and resp.headers["X-Added"] == "yes"
+        assert raw.connections == 1
+        assert raw.requests[0].startswith(b"GET /a?b=1 HTTP/1.1\r\n")
+        assert pool.idle_count() == 1
+
+
+async def test_connection_close_is_not_reused() -> None:
+    raw_ref: list[RawUpstream] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_request(r, raw_ref[0])
+        w.write(ok(b"bye", b"Connection: close\r\n"))
+        await w.drain()
+
+    async with proxied(script) as (raw, client, base, _):
+        raw_ref.append(raw)
+        for _ in range(2):
+            async with client.get(f"{base}/") as resp:
+                assert await resp.read() == b"bye"
+        assert raw.connections == 2
+
+
+async def test_chunked_and_until_close_bodies_arrive_whole() -> None:
+    raw_ref: list[RawUpstream] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(r, raw_ref[0])
+            if b"/chunked " in head:
+                w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for part in (b"one ", b"two ", b"three"):
+                    w.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    await w.drain()
+                    await asyncio.sleep(0.01)
+                w.write(b"0\r\nX-Trailer: t\r\n\r\n")
+            elif b"/again " in head:
+                w.write(ok(b"again"))
+            else:
+                w.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+                await w.drain()
+                return
+            await w.drain()
+
+    async with proxied(script) as (raw, client, base, _):
+        raw_ref.append(raw)
+        async with client.get(f"{base}/chunked") as resp:
+            assert resp.headers.get("Transfer-Encoding") == "chunked"
+            assert await resp.read() == b"one two three"
+        async with client.get(f"{base}/again") as resp:
+            assert await resp.read() == b"again"  # same connection, after the trailer
+        assert raw.connections == 1
+        async with client.get(f"{base}/eof") as resp:
+            assert await resp.read() == b"until the end"
+        async with client.get(f"{base}/again") as resp:
+            assert await resp.read() == b"again"
+        assert raw.connections == 2  # the read-until-close connection was not reused
+
+
+async def test_head_204_304_and_interim_responses_have_no_body() -> None:
+    raw_ref: list[RawUpstream] = []
+
+    def answer(head: bytes, body: bytes) -> bytes:
+        if head.startswith(b"HEAD"):
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+        if b"/204" in head:
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        if b"/304" in head:
+            return b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"
+        return b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(
+            b"final")
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await keep_serving(r, w, raw_ref[0], answer)
+
+    async with proxied(script) as (raw, client, base, _):
+        raw_ref.append(raw)
+        async with client.head(f"{base}/h") as resp:
+            assert resp.status == 200 and resp.headers["Content-Length"] == "1234"
+            assert await resp.read() == b""
+        async with client.get(f"{base}/204") as resp:
+            assert resp.status == 204 and await resp.read() == b""
+        async with client.get(f"{base}/304") as resp:
+            assert resp.status == 304 and resp.headers["ETag"] == '"x"'
+        async with client.get(f"{base}/interim") as resp:
+            assert resp.status == 200 and await resp.read() == b"final"
+        # HEAD's connection is never reused (its parser cannot be told there is no body);
+        # 204 and 304 leave the connection usable.
+        assert raw.connections == 2
+
+
+async def test_request_bodies_stream_with_length_and_chunked() -> None:
+    raw_ref: list[RawUpstream] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await keep_serving(r, w, raw_ref[0], lambda h, b: ok(b"%d" % len(b)))
+
+    async def parts() -> AsyncIterator[bytes]:
+        for _ in range(40):
+            yield b"z" * 65536
+
+    async with proxied(script) as (raw, client, base, _):
+        raw_ref.append(raw)
+        async with client.post(f"{base}/len", data=b"a" * 300_000) as resp:
+            assert await resp.read() == b"300000"
+        async with client.post(f"{base}/chunked", data=parts()) as resp:
+            assert await resp.read() == b"%d" % (40 * 65536)
+        assert b"transfer-encoding: chunked" in raw.requests[-1].lower()
+        assert b"content-length: 300000" in raw.requests[0].lower()
+
+
+async def test_large_response_streams_with_bounded_buffer() -> None:
+    size = 32 * 1024 * 1024
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        block = b"b" * 65536
+        for _ in range(size // len(block)):
+            w.write(block)
+            await w.drain()
+
+    async with proxied(script) as (_, client, base, _pool), client.get(f"{base}/big") as resp:
+        total = 0
+        async for chunk in resp.content.iter_any():
+            total += len(chunk)
+            await asyncio.sleep(0)  # a reader slower than the upstream
+        assert total == size
+
+
+async def test_errors_before_the_head_are_502_and_504() -> None:
+    async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    async with (
+        proxied(silent, timeout=0.3) as (_, client, base, _pool),
+        client.get(f"{base}/") as resp,
+    ):
+        assert resp.status == 504 and await resp.text() == "upstream_timeout"
+
+    async def garbage(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"NOT HTTP AT ALL\r\n\r\n")
+        await w.drain()
+
+    async with proxied(garbage) as (_, client, base, _pool), client.get(f"{base}/") as resp:
+        assert resp.status == 502
+
+    async def hang_up(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+
+    async with proxied(hang_up) as (_, client, base, _pool), client.get(f"{base}/") as resp:
+        assert resp.status == 502
+
+    pool = UpstreamPool()
+    port = _closed_port()
+    request = _fake_request()
+    with pytest.raises(UpstreamError) as info:
+        await forward_fast(request, pool, UpstreamRequest(
+            url=URL(f"http://127.0.0.1:{port}/"), headers=CIMultiDict(Host="x"), timeout=2,
+            idle_timeout=None, response_headers={}, ssl=True))
+    assert info.value.status == 502 and info.value.reason == "upstream_unreachable"
+
+
+async def test_upstream_dying_mid_body_cuts_the_client_connection() -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"p" * 1000)
+        await w.drain()
+        await asyncio.sleep(0.05)
+        w.transport.abort()
+
+    async with proxied(script) as (_, client, base, _pool), client.get(f"{base}/") as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_idle_timeout_mid_body_cuts_the_client_connection() -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await w.drain()
+        await asyncio.sleep(3)
+
+    async with (
+        proxied(script, idle=0.3) as (_, client, base, _pool),
+        client.get(f"{base}/") as resp,
+    ):
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+
+async def test_stale_keep_alive_connection_is_retried_for_get() -> None:
+    raw_ref: list[RawUpstream] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        # Answer one request, then close without saying so (a keep-alive timeout).
+        await read_request(r, raw_ref[0])
+        w.write(ok(b"once"))
+        await w.drain()
+        await r.read(1)  # the next request's first byte, then hang up unanswered
+
+    async with proxied(script) as (raw, client, base, _pool):
+        raw_ref.append(raw)
+        async with client.get(f"{base}/") as resp:
+            assert await resp.read() == b"once"
+        # The pooled connection takes the request and dies unanswered (the race a
+        # keep-alive timeout opens): a GET goes again on a new connection.
+        async with client.get(f"{base}/") as resp:
+            assert resp.status == 200 and await resp.read() == b"once"
+        assert raw.connections == 2
+
+
+def test_header_values_cannot_split_the_request() -> None:
+    for name, value in (("X-A", "v\r\nX-Injected: 1"), ("X-A", "v\nX"), ("X-B\r\nX-C", "1"),
+                        ("X-A", "v\x00")):
+        up = UpstreamRequest(url=URL("http://u/"), headers=CIMultiDict({name: value}),
+                             timeout=None, idle_timeout=None, response_headers={}, ssl=True)
+        with pytest.raises(UpstreamError):
+            _serialize("GET", up, "")
+    fine = UpstreamRequest(url=URL("http://u/p?q=1"), headers=CIMultiDict(Host="u"),
+                           timeout=None, idle_timeout=None, response_headers={}, ssl=True)
+    assert _serialize("GET", fine, "") == b"GET /p?q=1 HTTP/1.1\r\nHost: u\r\n\r\n"
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _fake_request() -> web.Request:
+    from aiohttp.test_utils import make_mocked_request
+
+    return make_mocked_request("GET", "/")
