@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import structlog
@@ -239,7 +240,10 @@ def identity_fields(settings: Settings, claims: Mapping[str, Any]) -> dict[str, 
         groups = [str(g) for g in raw_groups if isinstance(g, str | int)]
     else:
         groups = []
-    extra = {k: v for k, v in claims.items() if k not in _PROTOCOL_CLAIMS}
+    # What has its own session field is not stored twice: cookies are small, and a
+    # long groups list would otherwise fill them three times over (field, claims, ID token).
+    own = {"sub", "email", "email_verified", settings.idp_groups_claim}
+    extra = {k: v for k, v in claims.items() if k not in _PROTOCOL_CLAIMS and k not in own}
     return {
         "email": email if isinstance(email, str) else None,
         "email_verified": verified if isinstance(verified, bool) else None,
@@ -277,24 +281,35 @@ def new_session(settings: Settings, request: web.BaseRequest, result: SignInResu
     )
 
 
-_identity_cache: dict[str, tuple[Session, Identity]] = {}
+_identity_cache: dict[str, tuple[Session, str, Identity]] = {}
 
 
-def to_identity(session: Session) -> Identity:
-    """Policy view of a session; memoized per sid (sessions are immutable)."""
+def to_identity(session: Session, groups_claim: str = "groups") -> Identity:
+    """Policy view of a session; memoized per sid (sessions are immutable).
+
+    ``claim/<name>`` criteria see every claim the provider sent, including the ones
+    the session keeps in their own fields (sub, email, email_verified, groups).
+    """
     hit = _identity_cache.get(session.sid)
-    if hit is not None and hit[0] is session:
-        return hit[1]
+    if hit is not None and hit[0] is session and hit[1] == groups_claim:
+        return hit[2]
+    claims: dict[str, Any] = dict(session.claims)
+    claims["sub"] = session.sub
+    if session.email is not None:
+        claims["email"] = session.email
+    if session.email_verified is not None:
+        claims["email_verified"] = session.email_verified
+    claims.setdefault(groups_claim, list(session.groups))
     identity = Identity(
         sub=session.sub,
         email=session.email,
         email_verified=session.email_verified,
         groups=frozenset(session.groups),
-        claims=session.claims,
+        claims=MappingProxyType(claims),
     )
     if len(_identity_cache) > 10000:
         _identity_cache.clear()
-    _identity_cache[session.sid] = (session, identity)
+    _identity_cache[session.sid] = (session, groups_claim, identity)
     return identity
 
 

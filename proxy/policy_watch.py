@@ -28,7 +28,8 @@ def _denial(runtime: Runtime, conn: LiveConnection) -> str | None:
         return "route removed"
     if not route.settings.allow_websockets:
         return "websockets no longer allowed on this route"
-    identity = to_identity(conn.session) if conn.session is not None else None
+    session = conn.session
+    identity = to_identity(session, snap.settings.idp_groups_claim) if session else None
     facts = RequestFacts("GET", conn.path, conn.source_ip, datetime.now(UTC))
     decision = route.policy.decide(facts, identity)
     return None if decision.allow else f"policy changed: {decision.reason}"
