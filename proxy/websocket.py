@@ -33,6 +33,8 @@ GOING_AWAY = 1001
 _UNSENDABLE = {1005, 1006, 1015}
 # OpenClaw accepts frames up to 25 MiB (policy.maxPayload); anything larger is refused (1009).
 MAX_MESSAGE = 32 * 1024 * 1024
+# How long a clawgate-initiated close waits for the client's close reply before dropping TCP.
+CLOSE_HANDSHAKE_TIMEOUT = 5.0
 
 
 @dataclass(eq=False)
@@ -41,6 +43,12 @@ class LiveConnection:
 
     It keeps what it was admitted with (session, host, path, client address) so it
     can be re-authorized later without a request.
+
+    ``close`` only asks: the relay task that owns both sockets stops its pumps and then
+    runs the closing handshake. aiohttp's ``close()`` called from another task while a
+    pump is inside ``receive()`` drops the TCP connection right after sending the close
+    frame, and a client that had not read it yet sees 1006 instead of the code it was
+    sent. ``closed`` is set once both sides are closed.
     """
 
     session: Session | None
@@ -51,6 +59,10 @@ class LiveConnection:
     client: web.WebSocketResponse | None = None
     upstream: aiohttp.ClientWebSocketResponse | None = None
     closing: bool = False
+    close_code: int = POLICY_VIOLATION
+    close_reason: str = ""
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def sid(self) -> str | None:
@@ -63,16 +75,13 @@ class LiveConnection:
         return self.session.email or self.session.sub
 
     async def close(self, code: int, reason: str) -> None:
+        """Ask the relay to close the client with ``code`` (and the upstream with 1001);
+        returns at once. Await ``closed`` to know it is done."""
         if self.closing:
             return
         self.closing = True
-        message = reason.encode()[:120]
-        if self.client is not None and not self.client.closed:
-            with contextlib.suppress(Exception):
-                await self.client.close(code=code, message=message)
-        if self.upstream is not None and not self.upstream.closed:
-            with contextlib.suppress(Exception):
-                await self.upstream.close(code=GOING_AWAY, message=b"client connection ended")
+        self.close_code, self.close_reason = code, reason
+        self.close_requested.set()
 
 
 class ConnectionRegistry:
@@ -123,7 +132,14 @@ class ConnectionRegistry:
         return closed
 
     async def close_all(self, code: int, reason: str) -> None:
-        await asyncio.gather(*(c.close(code, reason) for c in self), return_exceptions=True)
+        """Close every connection and wait (bounded) until their handshakes are done."""
+        conns = list(self)
+        await asyncio.gather(*(c.close(code, reason) for c in conns), return_exceptions=True)
+        if conns:
+            waiters = [asyncio.ensure_future(c.closed.wait()) for c in conns]
+            _, late = await asyncio.wait(waiters, timeout=CLOSE_HANDSHAKE_TIMEOUT + 1)
+            for waiter in late:
+                waiter.cancel()
 
 
 def _protocols(request: web.BaseRequest) -> tuple[str, ...]:
@@ -184,6 +200,7 @@ async def relay(
         autoclose=False,
         max_msg_size=MAX_MESSAGE,
         compress=False,
+        timeout=CLOSE_HANDSHAKE_TIMEOUT,  # wait for the client's close reply
     )
     try:
         await ws.prepare(request)
@@ -195,12 +212,20 @@ async def relay(
     registry.add(conn)
     try:
         await _pump_both(ws, upstream, conn, idle_timeout)
+        if conn.closing:
+            # No pump is reading any more, so aiohttp's close() sends the close frame and
+            # waits for the client's reply: a clean handshake with the code we chose.
+            with contextlib.suppress(Exception):
+                await ws.close(code=conn.close_code, message=conn.close_reason.encode()[:120])
+            with contextlib.suppress(Exception):
+                await upstream.close(code=GOING_AWAY, message=b"client connection ended")
     finally:
         registry.discard(conn)
         if not upstream.closed:
             await upstream.close()
         if not ws.closed:
             await ws.close()
+        conn.closed.set()
     return ws
 
 
@@ -212,11 +237,15 @@ async def _pump_both(
 ) -> None:
     to_up = asyncio.create_task(_pump(ws, upstream, conn, idle_timeout))
     to_client = asyncio.create_task(_pump(upstream, ws, conn, idle_timeout))
+    asked = asyncio.create_task(conn.close_requested.wait())
     try:
-        _, pending = await asyncio.wait({to_up, to_client}, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(
+            {to_up, to_client, asked}, return_when=asyncio.FIRST_COMPLETED
+        )
     except asyncio.CancelledError:
         to_up.cancel()
         to_client.cancel()
+        asked.cancel()
         raise
     for task in pending:
         task.cancel()
