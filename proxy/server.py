@@ -258,6 +258,26 @@ class ConfigWatcher:
                 detail="the last good configuration stays in force",
             )
             return
+        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the watcher
+            runtime.reload.disk_matches = False
+            runtime.reload.last_error = f"{self._path}: unreadable ({type(exc).__name__})"
+            log.error(
+                "config_reload_failed",
+                problems=[runtime.reload.last_error],
+                detail="the last good configuration stays in force",
+            )
+            return
+        if not new.routes and old.routes:
+            # An empty or truncated file (a half-finished write, `> config.yaml`) parses as
+            # a config with no routes; taking it would turn every request into a 404.
+            runtime.reload.disk_matches = False
+            runtime.reload.last_error = f"{self._path}: no routes; refusing to drop them all"
+            log.error(
+                "config_reload_failed",
+                problems=[runtime.reload.last_error],
+                detail="the last good configuration stays in force",
+            )
+            return
         restart = changed_restart_keys(old.settings, new.settings)
         if restart:
             log.warning(
