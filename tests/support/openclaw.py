@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -58,6 +58,7 @@ __all__ = [
     "OpenClawHandshakeError",
     "OpenClawInstall",
     "OpenClawUnavailable",
+    "demo_gateway",
     "ensure_openclaw_installed",
     "openclaw_handshake",
     "require_openclaw",
@@ -471,6 +472,42 @@ class OpenClawGateway:
 
     def _log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+# -- the local demo ----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def demo_gateway(
+    origin: str,
+    *,
+    allow_users: Sequence[str] = (),
+    port: int | None = None,
+) -> AsyncIterator[str]:
+    """The real gateway for ``scripts/demo --openclaw``; yields its URL for clawgate's ``to``.
+
+    Same-host layout: the gateway listens on 127.0.0.1 only and trusts clawgate there
+    (``trustedProxies: ["127.0.0.1"]``, ``allowLoopback: true``), ``origin`` is clawgate's
+    public origin (the one browser origin allowed to open the Control UI socket), and the
+    browser's device identity is approved from the proxied identity (``deviceAutoApprove``).
+    ``allow_users`` empty lets in every user clawgate's policy lets through.
+
+    OpenClaw refuses a client whose forwarded address is loopback, so ``origin`` must not be
+    ``https://127.0.0.1:...``: the browser has to reach clawgate on a non-loopback address
+    (see docs/openclaw.md, "Trying it on one machine"). Raises `OpenClawUnavailable` when
+    Node 24 / OpenClaw cannot be installed.
+    """
+    ensure_openclaw_installed()  # a clear error here, never a pytest skip
+    gateway = OpenClawGateway(
+        port=port,
+        trusted_proxies=["127.0.0.1"],
+        allow_loopback=True,
+        allow_users=allow_users,
+        allowed_origins=[origin],
+        device_auto_approve=True,
+    )
+    async with gateway:
+        yield gateway.url
 
 
 # -- the WebSocket protocol --------------------------------------------------------------------
