@@ -17,7 +17,7 @@ from yarl import URL
 from policy.model import RequestFacts
 from policy.paths import UnsafePathError, normalize_path
 from policy.routes import rewrite_path
-from proxy import pages
+from proxy import metrics, pages
 from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
 from proxy.fastpath import UPSTREAM_POOL, forward_fast
 from proxy.forward import UpstreamError, UpstreamRequest, forward_http, upstream_headers
@@ -78,6 +78,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     ip = client_ip(request, snap.settings.xff_num_trusted_hops)
     facts = RequestFacts(request.method, path, ip, datetime.now(UTC))
     decision = route.policy.decide(facts, identity)
+    metrics.observe_decision(decision.allow, decision.reason)
     log.info(
         "authorization",
         allow=decision.allow,
@@ -121,6 +122,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         if websocket:
             return await _websocket(runtime, request, route, session, path, ip, target, headers)
+        sent = time.perf_counter()
+        refreshed = bool(resolved.set_cookies or resolved.clear_cookies)
+
+        def on_head(response: web.StreamResponse) -> None:
+            metrics.observe_upstream(route.name, time.perf_counter() - sent)
+            if rid:
+                response.headers.setdefault("X-Request-Id", rid)
+            if refreshed:  # a refreshed session's new cookie rides on the proxied head
+                apply_cookies(response, snap.settings, resolved, max_age)
+
         # Both forwarders take the same inputs and keep the same rules (proxy/fastpath.py).
         fast = snap.settings.experimental_fast_upstream
         forward = forward_fast if fast else forward_http
@@ -135,12 +146,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 response_headers=route.response_headers,
                 ssl=not route.settings.tls_skip_verify,
             ),
-            # A refreshed session's new cookie rides on the proxied response's head.
-            on_head=(lambda r: apply_cookies(r, snap.settings, resolved, max_age))
-            if resolved.set_cookies or resolved.clear_cookies
-            else None,
+            on_head=on_head,
         )
     except UpstreamError as exc:
+        metrics.upstream_error(route.name, exc.reason)
         return _upstream_failed(request, exc, rid)
     return response
 

@@ -11,24 +11,27 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
-from proxy import pages
+from proxy import metrics, pages
 from proxy.connlimit import Guard, GuardedSite, Limits, strict_framing
 from proxy.fastpath import UPSTREAM_POOL, UpstreamPool
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
 from proxy.oidc import OidcClient, OidcError
 from proxy.policy_watch import reauthorize_connections
+from proxy.readiness import UpstreamProbe, upstream_targets
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime
 from proxy.settings import ConfigError, Settings, load_settings, parse_listen_address
 from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys
 from proxy.throttle import THROTTLE, Throttle, throttle_middleware
 from proxy.tls import CertificateStore
 from proxy.websocket import GOING_AWAY
+from proxy.workers import supervise, worker_index
 
 log = structlog.get_logger("clawgate.server")
 
@@ -53,6 +56,8 @@ async def access_log(
     runtime: Runtime = request.app[RUNTIME]
     rid = _request_id(request, runtime.snapshot.settings.xff_num_trusted_hops > 0)
     request[REQUEST_ID] = rid
+    # Every log line written while this request runs carries its id (tasks it starts too).
+    bound = structlog.contextvars.bind_contextvars(request_id=rid)
     start = time.perf_counter()
     status = 500
     try:
@@ -85,17 +90,20 @@ async def access_log(
             request_id=rid,
         )
     finally:
+        elapsed = time.perf_counter() - start
+        route = request.get(ROUTE_NAME)
         log.info(
             "access",
-            request_id=rid,
             method=request.method,
             host=request.host,
             path=request.path,
             status=status,
-            duration_ms=round((time.perf_counter() - start) * 1000, 2),
+            duration_ms=round(elapsed * 1000, 2),
             user=request.get(USER),
-            route=request.get(ROUTE_NAME),
+            route=route,
         )
+        metrics.observe_request(route, status, elapsed)
+        structlog.contextvars.reset_contextvars(**bound)
 
 
 def build_app(runtime: Runtime) -> web.Application:
@@ -153,6 +161,8 @@ def redirect_app(runtime: Runtime) -> web.Application:
 
 
 def health_app(runtime: Runtime) -> web.Application:
+    probe = UpstreamProbe()
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -163,6 +173,8 @@ def health_app(runtime: Runtime) -> web.Application:
                 await runtime.oidc.metadata()
             except OidcError as exc:
                 problems.append(f"idp: {exc.reason}")
+        routes = runtime.snapshot.routes
+        problems += await probe.problems(upstream_targets(r.upstream for r in routes))
         if runtime.draining:
             problems.append("draining")
         body = {
@@ -197,7 +209,24 @@ def make_oidc(settings: Settings, http: aiohttp.ClientSession) -> OidcClient | N
     )
 
 
-def new_http_client() -> aiohttp.ClientSession:
+def instrument_oidc(oidc: OidcClient) -> OidcClient:
+    """Count session refreshes (success and failure) without touching the OIDC client."""
+    original = oidc.refresh
+
+    async def refresh(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = await original(*args, **kwargs)
+        except OidcError:
+            metrics.session_refresh(False)
+            raise
+        metrics.session_refresh(True)
+        return result
+
+    setattr(oidc, "refresh", refresh)  # noqa: B010 - instance override on purpose
+    return oidc
+
+
+def new_http_client(trace: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
     # limit=0: the default 100-connection cap would make the 101st WebSocket hang.
     # DummyCookieJar: a shared jar would replay one user's upstream cookies for another.
     connector = aiohttp.TCPConnector(
@@ -209,6 +238,7 @@ def new_http_client() -> aiohttp.ClientSession:
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
         trust_env=False,
+        trace_configs=trace,
     )
 
 
@@ -235,7 +265,11 @@ class ConfigWatcher:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
+            seen = self._digest
             await self.check()
+            if self._digest != seen:  # the file changed: this was a reload attempt
+                state = self._runtime
+                metrics.config_reload(state.reload.last_error is None, state.snapshot.generation)
 
     async def check(self) -> None:
         digest = self._read_digest()
@@ -309,10 +343,27 @@ async def serve(
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``); then drain and return."""
+    """Run until SIGTERM/SIGINT (or ``stop``); then drain and return.
+
+    With ``workers`` above 1 the top-level process (the one that owns the signals)
+    supervises that many worker processes instead (proxy/workers.py).
+    """
     settings, located = load_settings(config_path)
     configure_logging(settings.log_level, settings.log_format)
     snapshot = build_snapshot(settings, located, str(config_path))
+    worker = worker_index()
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker)
+    elif settings.workers > 1 and install_signals:
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        await supervise(config_path, settings, _hosts_for_cert(snapshot), settings.workers,
+                        stop, ready)
+        return
+    first = worker in (None, 0)  # health and metrics listeners: one per instance
     if snapshot.keys.ephemeral_cookie_secret:
         log.warning(
             "cookie_secret_generated",
@@ -331,7 +382,12 @@ async def serve(
             detail="serving plain HTTP: only safe behind a TLS-terminating load balancer",
         )
     http = new_http_client()
-    runtime = Runtime(snapshot=snapshot, http=http, oidc=make_oidc(settings, http))
+    # The identity provider gets its own client so its calls can be counted apart.
+    idp_http = new_http_client(trace=[metrics.idp_trace()])
+    oidc = make_oidc(settings, idp_http)
+    runtime = Runtime(snapshot=snapshot, http=http,
+                      oidc=instrument_oidc(oidc) if oidc is not None else None)
+    metrics.CONFIG_GENERATION.set(snapshot.generation)
     certs = (
         None
         if settings.insecure_server
@@ -383,13 +439,19 @@ async def serve(
             await web.TCPSite(
                 redirect, r_host or None, r_port, reuse_port=settings.workers > 1
             ).start()
-        if settings.health_address:
+        if settings.health_address and first:
             h_host, h_port = parse_listen_address(settings.health_address)
             health = web.AppRunner(health_app(runtime), access_log=None, handle_signals=False)
             await health.setup()
             runners.append(health)
-            with contextlib.suppress(OSError):  # a second worker finds the port taken
-                await web.TCPSite(health, h_host or None, h_port, reuse_port=True).start()
+            await web.TCPSite(health, h_host or None, h_port).start()
+        if settings.metrics_address and first:
+            m_host, m_port = parse_listen_address(settings.metrics_address)
+            exporter = web.AppRunner(metrics.metrics_app(), access_log=None, handle_signals=False)
+            await exporter.setup()
+            runners.append(exporter)
+            await web.TCPSite(exporter, m_host or None, m_port).start()
+            log.info("metrics_listening", address=settings.metrics_address)
         tasks.append(asyncio.create_task(ConfigWatcher(runtime, config_path).run()))
         tasks.append(asyncio.create_task(_session_sweeper(runtime)))
         if certs is not None:
@@ -407,6 +469,7 @@ async def serve(
         for runner in runners:
             await runner.cleanup()
         await http.close()
+        await idp_http.close()
         log.info("stopped")
 
 

@@ -23,6 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy import metrics
 from proxy.forward import UpstreamError
 from proxy.session import Session
 
@@ -98,11 +99,15 @@ class ConnectionRegistry:
         return iter(list(self._all))
 
     def add(self, conn: LiveConnection) -> None:
+        if conn not in self._all:
+            metrics.websocket_opened()
         self._all.add(conn)
         if conn.sid is not None:
             self._by_sid.setdefault(conn.sid, set()).add(conn)
 
     def discard(self, conn: LiveConnection) -> None:
+        if conn in self._all:
+            metrics.websocket_closed()
         self._all.discard(conn)
         if conn.sid is not None:
             peers = self._by_sid.get(conn.sid)

@@ -1,0 +1,201 @@
+"""Prometheus metrics: what clawgate counts, and the listener that serves them.
+
+Public surface:
+
+- ``observe_request(route, status, seconds)``, ``observe_decision(allow, reason)``,
+  ``observe_upstream(route, seconds)``, ``upstream_error(route, reason)``,
+  ``websocket_opened()`` / ``websocket_closed()``, ``idp_call(endpoint, outcome)``,
+  ``session_refresh(ok)``, ``config_reload(ok, generation)``: the hooks the server calls.
+- :func:`metrics_app`: the aiohttp app for ``metrics_address`` (``GET /metrics``).
+- :func:`idp_trace`: an aiohttp ``TraceConfig`` counting calls to the identity provider.
+
+Labels stay bounded whatever the traffic: routes come from the config, statuses are
+three-digit numbers, and a decision's reason is reduced to its kind (``groups``,
+``anonymous``, ``no_match``...) because the full reason names users and values.
+
+With ``workers: N`` every worker writes its samples to files under
+``PROMETHEUS_MULTIPROC_DIR`` (set by the supervising process before the workers start),
+and the metrics listener adds them up, so one scrape sees the whole instance.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from aiohttp import TraceConfig, TraceRequestEndParams, TraceRequestExceptionParams, web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Latency buckets from a cached decision (sub-millisecond) to a slow upstream.
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            10.0, 30.0)
+
+REQUESTS = Counter("clawgate_http_requests_total",
+                   "Requests answered, by route and status", ["route", "status"])
+REQUEST_SECONDS = Histogram("clawgate_http_request_duration_seconds",
+                            "Time from request to the end of the answer", ["route"],
+                            buckets=_BUCKETS)
+DECISIONS = Counter("clawgate_authorization_decisions_total",
+                    "Policy decisions on proxied requests, by result and kind of reason",
+                    ["result", "reason"])
+UPSTREAM_SECONDS = Histogram("clawgate_upstream_response_seconds",
+                             "Time until the upstream's response head", ["route"],
+                             buckets=_BUCKETS)
+UPSTREAM_ERRORS = Counter("clawgate_upstream_errors_total",
+                          "Upstream failures answered with 502/504", ["route", "reason"])
+WEBSOCKETS = Gauge("clawgate_websockets_active", "Proxied WebSockets open now",
+                   multiprocess_mode="livesum")
+IDP_CALLS = Counter("clawgate_idp_requests_total",
+                    "HTTP calls to the identity provider, by endpoint and outcome",
+                    ["endpoint", "outcome"])
+SESSION_REFRESHES = Counter("clawgate_session_refreshes_total",
+                            "Session refreshes with the identity provider", ["result"])
+CONFIG_RELOADS = Counter("clawgate_config_reloads_total",
+                         "Configuration reloads from disk", ["result"])
+CONFIG_GENERATION = Gauge("clawgate_config_generation",
+                          "Generation of the configuration in force (1 at start)",
+                          multiprocess_mode="max")
+
+# Children cached by label values: .labels() takes a lock and builds a key every call.
+_request_children: dict[tuple[str, int], Any] = {}
+_latency_children: dict[str, Any] = {}
+_upstream_children: dict[str, Any] = {}
+_decision_children: dict[tuple[bool, str], Any] = {}
+_MAX_CACHED = 4096
+
+
+def observe_request(route: str | None, status: int, seconds: float) -> None:
+    name = route or "-"
+    key = (name, status)
+    counter = _request_children.get(key)
+    if counter is None:
+        if len(_request_children) > _MAX_CACHED:
+            _request_children.clear()
+        counter = _request_children[key] = REQUESTS.labels(name, str(status))
+    counter.inc()
+    hist = _latency_children.get(name)
+    if hist is None:
+        hist = _latency_children[name] = REQUEST_SECONDS.labels(name)
+    hist.observe(seconds)
+
+
+_KIND = re.compile(r"^(?:allow|deny): (?:rule \d+ \S+ )?(?:not )?([a-z_]+)")
+
+
+def reason_kind(reason: str) -> str:
+    """``allow: rule 0 allow.or[3] domain is x`` -> ``domain``; bounded vocabulary."""
+    if reason.startswith("deny: no allow rule matched"):
+        if reason.endswith("(anonymous)"):
+            return "anonymous"
+        if reason.endswith("(email not verified)"):
+            return "email_not_verified"
+        return "no_match"
+    if reason == "deny: route has no allow rule":
+        return "no_allow_rule"
+    match = _KIND.match(reason)
+    return match.group(1)[:32] if match else "other"
+
+
+def observe_decision(allow: bool, reason: str) -> None:
+    kind = reason_kind(reason)
+    key = (allow, kind)
+    counter = _decision_children.get(key)
+    if counter is None:
+        counter = _decision_children[key] = DECISIONS.labels("allow" if allow else "deny", kind)
+    counter.inc()
+
+
+def observe_upstream(route: str, seconds: float) -> None:
+    hist = _upstream_children.get(route)
+    if hist is None:
+        hist = _upstream_children[route] = UPSTREAM_SECONDS.labels(route)
+    hist.observe(seconds)
+
+
+def upstream_error(route: str, reason: str) -> None:
+    # "upstream_error:ClientOSError" -> "upstream_error": the type names are unbounded.
+    UPSTREAM_ERRORS.labels(route, reason.split(":", 1)[0]).inc()
+
+
+def websocket_opened() -> None:
+    WEBSOCKETS.inc()
+
+
+def websocket_closed() -> None:
+    WEBSOCKETS.dec()
+
+
+def idp_call(endpoint: str, outcome: str) -> None:
+    IDP_CALLS.labels(endpoint, outcome).inc()
+
+
+def session_refresh(ok: bool) -> None:
+    SESSION_REFRESHES.labels("ok" if ok else "failed").inc()
+
+
+def config_reload(ok: bool, generation: int) -> None:
+    CONFIG_RELOADS.labels("ok" if ok else "failed").inc()
+    CONFIG_GENERATION.set(generation)
+
+
+def _endpoint(path: str) -> str:
+    if path.endswith("/.well-known/openid-configuration"):
+        return "discovery"
+    last = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    for name in ("token", "userinfo", "jwks", "certs", "keys", "revoke", "introspect",
+                 "end_session", "logout"):
+        if name in last:
+            return "jwks" if name in ("certs", "keys") else name
+    return "other"
+
+
+def idp_trace() -> TraceConfig:
+    """Counts every request made with the ClientSession it is attached to."""
+    trace = TraceConfig()
+
+    async def on_end(session: Any, context: Any, params: TraceRequestEndParams) -> None:
+        status = params.response.status
+        outcome = "ok" if status < 400 else f"http_{status // 100}xx"
+        idp_call(_endpoint(params.url.path), outcome)
+
+    async def on_error(session: Any, context: Any, params: TraceRequestExceptionParams) -> None:
+        idp_call(_endpoint(params.url.path), "error")
+
+    trace.on_request_end.append(on_end)
+    trace.on_request_exception.append(on_error)
+    return trace
+
+
+def _registry() -> CollectorRegistry:
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return registry
+
+
+def metrics_app() -> web.Application:
+    registry = _registry()
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    return app
+
