@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli_policy import add_policy_commands
 
     add_policy_commands(sub)
+
+    from proxy.audit import add_audit_command
+
+    add_audit_command(sub)
     return parser
 
 
