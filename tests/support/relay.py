@@ -245,7 +245,7 @@ class RelayProcess:
         self._proc = subprocess.Popen(
             self.argv,
             cwd=root,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the relay exits when this closes, i.e. when we die
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -270,6 +270,8 @@ class RelayProcess:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return
+        if proc.stdin is not None:
+            proc.stdin.close()
         proc.terminate()
         try:
             proc.wait(5)
@@ -286,8 +288,15 @@ def _split(address: str) -> tuple[str, int]:
 async def _main(listen: str, target: str) -> None:
     relay = await TcpRelay(*_split(listen), *_split(target)).start()
     print(f"READY {relay.listen_port}", flush=True)
+    # Until SIGTERM, or until stdin reaches EOF: the parent died without stopping us (a killed
+    # test run) and nobody else would.
+    loop = asyncio.get_running_loop()
+    orphaned = asyncio.Event()
+    threading.Thread(
+        target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(orphaned.set)), daemon=True
+    ).start()
     try:
-        await asyncio.Event().wait()  # until SIGTERM ends the process
+        await orphaned.wait()
     finally:
         await relay.close()
 
