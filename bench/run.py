@@ -55,7 +55,7 @@ from proxy.snapshot import build_snapshot  # noqa: E402
 from proxy.tls import generate_self_signed  # noqa: E402
 
 PY = sys.executable
-USER_EMAIL = "user250@corp7.example"  # listed near the end of the allow-list below
+USER_EMAIL = "ada@corp7.example"  # not listed: allowed through a group listed last
 
 
 def free_port() -> int:
@@ -241,6 +241,9 @@ def clawgate_config(tmp: Path, port: int, upstream: int, ws_upstream: int, worke
         "log_level": "info",
         "log_format": "json",
         "workers": workers,
+        # Every load connection comes from 127.0.0.1: the per-IP cap would stop the
+        # idle WebSocket test at its default of 256.
+        "max_connections_per_ip": 50_000,
         "idp_provider_url": f"http://127.0.0.1:{ws_upstream}",
         "idp_client_id": "bench",
         "idp_client_secret": "bench-secret",

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BODY_1K = b"x" * 1024
-_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def _unmask(payload: bytes, mask: bytes) -> bytes:
