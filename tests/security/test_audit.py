@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
+import io
 import json
 import os
 from pathlib import Path
@@ -41,9 +43,13 @@ def certs(tmp_path: Path, days: int) -> dict[str, str]:
     return {"certificate_file": str(cert), "certificate_key_file": str(key)}
 
 
-def audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[dict[str, str]]]:
-    code = main(["audit", "--json", *args])
-    return code, json.loads(capsys.readouterr().out)
+def audit(*args: str) -> tuple[int, list[dict[str, str]]]:
+    # Not capsys: a gate started in the same test binds its logger to the stream in
+    # place at start, and capsys closes that stream when the test ends.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["audit", "--json", *args])
+    return code, json.loads(out.getvalue())
 
 
 def sound_config(tmp_path: Path) -> dict[str, Any]:
@@ -64,7 +70,7 @@ def sound_config(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_sound_config_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, findings = audit(capsys, "--config", str(write(tmp_path, sound_config(tmp_path))))
+    code, findings = audit("--config", str(write(tmp_path, sound_config(tmp_path))))
     assert code == 0, findings
     assert [f for f in findings if f["severity"] in ("high", "medium")] == []
 
@@ -88,7 +94,7 @@ def test_every_known_weakness_is_reported(tmp_path: Path,
              "tls_skip_verify": True},
         ],
     }
-    code, findings = audit(capsys, "--config", str(write(tmp_path, config, mode=0o644)))
+    code, findings = audit("--config", str(write(tmp_path, config, mode=0o644)))
     assert code == 1
     by_key = {(f["key"].split(" ")[0], f["severity"]) for f in findings}
     assert ("cookie_secret", "high") in by_key
@@ -110,7 +116,7 @@ def test_weak_secret_and_expiring_certificate(tmp_path: Path,
     config = sound_config(tmp_path)
     config["cookie_secret"] = base64.b64encode(b"password" * 4).decode()
     config.update(certs(tmp_path, days=5))
-    code, findings = audit(capsys, "--config", str(write(tmp_path, config)))
+    code, findings = audit("--config", str(write(tmp_path, config)))
     assert code == 1
     assert {"cookie_secret[0]", "certificate_file"} <= {f["key"] for f in findings}
     config["cookie_secret"] = SessionCodec.new_secret()
@@ -128,7 +134,7 @@ def test_invalid_config_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 async def test_deep_probe_of_a_running_deployment(
-    idp: TestIdP, upstream: Upstream, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    idp: TestIdP, upstream: Upstream, tmp_path: Path
 ) -> None:
     port = free_port()
     register_client(idp, port)
@@ -138,13 +144,13 @@ async def test_deep_probe_of_a_running_deployment(
         closed = f"http://127.0.0.1:{free_port()}/"
         args = ["--config", str(gate.path), "--deep", "--insecure", "--base-url", gate.url]
         code, findings = await asyncio.to_thread(
-            audit, capsys, *args, "--upstream-probe", closed)
+            audit, *args, "--upstream-probe", closed)
         deep = [f for f in findings if f["key"] in ("upstream exposure", "jwks")
                 or "unauthenticated" in f["message"]]
         assert deep == [], deep
         # The test upstream listens where the audit runs: exposed, a high finding.
         code, findings = await asyncio.to_thread(
-            audit, capsys, *args, "--upstream-probe", upstream.url + "/")
+            audit, *args, "--upstream-probe", upstream.url + "/")
         assert code == 1
         assert [f["severity"] for f in findings if f["key"] == "upstream exposure"] == ["high"]
         # clawgate answering without sign-in where the config says it must not (an old
@@ -154,7 +160,7 @@ async def test_deep_probe_of_a_running_deployment(
             {"allow": {"or": [{"accept": True}]}}]}]})
         await asyncio.sleep(1.5)  # the running gate picks up the public policy
         code, findings = await asyncio.to_thread(
-            audit, capsys, "--config", str(private), "--deep", "--insecure", "--base-url",
+            audit, "--config", str(private), "--deep", "--insecure", "--base-url",
             gate.url)
         assert code == 1
         assert any("unauthenticated request" in f["message"] and f["severity"] == "high"

@@ -41,7 +41,7 @@ from tests.support.upstream import Upstream, free_port
 # Enough claims to need three cookie chunks.
 BIG = TestUser(sub="big-claims", username="big@example.com", password="big-password",
                email="big@example.com",
-               groups=tuple(f"team-{i:03d}-engineering-platform" for i in range(45)))
+               groups=tuple(f"team-{i:03d}-engineering-platform" for i in range(90)))
 
 
 async def status_with(gate: Gate, cookies: dict[str, str], host: str | None = None,
@@ -70,7 +70,7 @@ async def chunked_session(gate: Gate, idp: TestIdP) -> dict[str, str]:
                 name, _, rest = header.partition("=")
                 if name in SESSION_NAMES:
                     cookies[name] = rest.split(";", 1)[0]
-    assert len(cookies) >= 3, sorted(cookies)
+    assert 3 <= len(cookies) <= 8, sorted(cookies)
     assert cookies[COOKIE].startswith(f"{len(cookies)}.")
     return cookies
 
@@ -81,22 +81,29 @@ async def test_chunked_session_attacks(idp: TestIdP, upstream: Upstream, tmp_pat
         two = await chunked_session(gate, idp)
         assert await status_with(gate, one) == 200  # control: the real thing works
         upstream.seen.requests.clear()
-        assert len(one) == len(two) == 3
-        c0, c1, c2 = COOKIE, f"{COOKIE}_1", f"{COOKIE}_2"
+        n = len(one)
+        assert n == len(two) and n >= 3
+        names = [COOKIE, *(f"{COOKIE}_{i}" for i in range(1, n))]
+        c0, c1, c2 = names[:3]
+        rest = {k: one[k] for k in names[3:]}
+        last = names[-1]
+
         attacks = {
-            "reordered": {c0: one[c0], c1: one[c2], c2: one[c1]},
-            "first chunk body moved": {c0: "3." + one[c1], c1: one[c0][2:], c2: one[c2]},
-            "chunk from another session": {c0: one[c0], c1: two[c1], c2: one[c2]},
-            "tail from another session": {c0: one[c0], c1: two[c1], c2: two[c2]},
-            "chunk missing": {c0: one[c0], c1: one[c1]},
-            "count lowered": {c0: "2." + one[c0][2:], c1: one[c1]},
-            "count raised": {c0: "4." + one[c0][2:], c1: one[c1], c2: one[c2],
-                             f"{COOKIE}_3": one[c2]},
-            "chunks joined into one": {c0: one[c0][2:] + one[c1] + one[c2]},
-            "chunk truncated": {c0: one[c0], c1: one[c1][:-8], c2: one[c2]},
-            "chunk byte flipped": {c0: one[c0], c1: one[c1][:100] + ("A" if one[c1][100] != "A"
-                                                                    else "B") + one[c1][101:],
-                                   c2: one[c2]},
+            "reordered": {c0: one[c0], c1: one[c2], c2: one[c1], **rest},
+            "first chunk body moved": {c0: f"{n}." + one[c1], c1: one[c0][2:], c2: one[c2],
+                                       **rest},
+            "chunk from another session": {**one, c1: two[c1]},
+            "tail from another session": {c0: one[c0], **{k: two[k] for k in names[1:]}},
+            "chunk missing": {k: v for k, v in one.items() if k != last},
+            "middle chunk missing": {k: v for k, v in one.items() if k != c1},
+            "count lowered": {**{k: v for k, v in one.items() if k != last},
+                              c0: f"{n - 1}." + one[c0][2:]},
+            "count raised": {**one, c0: f"{n + 1}." + one[c0][2:],
+                             f"{COOKIE}_{n}": one[c2]},
+            "chunks joined into one": {c0: "".join([one[c0][2:], *(one[k] for k in names[1:])])},
+            "chunk truncated": {**one, c1: one[c1][:-8]},
+            "chunk byte flipped": {**one, c1: one[c1][:100] + ("A" if one[c1][100] != "A"
+                                                               else "B") + one[c1][101:]},
         }
         for name, cookies in attacks.items():
             assert await status_with(gate, cookies) == 401, name
