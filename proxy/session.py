@@ -272,9 +272,14 @@ def _b64d_strict(text: str) -> bytes:
     if len(text) % 4 == 1 or _B64URL.fullmatch(text) is None:
         raise SessionError("malformed", "not base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise SessionError("malformed", "not base64url") from None
+    # The last character can carry unused low bits: without this, several different
+    # strings decode to the same token, so an altered cookie would still be accepted.
+    if _b64e(raw) != text:
+        raise SessionError("malformed", "not canonical base64url")
+    return raw
 
 
 def _b64_len(n_bytes: int) -> int:

@@ -673,3 +673,31 @@ def test_decode_of_mutated_valid_cookies_never_leaks_other_exceptions(data: st.D
 def test_unseal_of_arbitrary_text_raises_session_error(token: str) -> None:
     with pytest.raises(SessionError):
         _PROP_CODEC.unseal("login-state", token, now=NOW)
+
+
+def test_every_single_character_substitution_is_refused() -> None:
+    """Including the last character, whose unused low bits base64 decoders ignore."""
+    import string as _string
+    import time as _time
+
+    codec = SessionCodec([b"k" * 32], "n")
+    now = int(_time.time())
+    session = Session.create(
+        sub="a", email="a@example.com", email_verified=True, groups=["g"], claims={},
+        host="h", now=now, lifetime=100, refresh_at=now + 50, refresh_token=None, id_token=None,
+    )
+    ((_, value),) = codec.encode(session)
+    accepted = []
+    for i in range(len(value)):
+        for ch in _string.ascii_letters + _string.digits + "-_":
+            altered = value[:i] + ch + value[i + 1 :]
+            if altered == value:
+                continue
+            codec.clear_cache()
+            try:
+                codec.decode({"n": altered}, host="h", now=now)
+            except SessionError:
+                continue
+            accepted.append((i, ch))
+    assert accepted == []
+    assert codec.decode({"n": value}, host="h", now=now) is not None
