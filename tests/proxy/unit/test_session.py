@@ -426,7 +426,8 @@ def test_forged_chunk_count_is_refused() -> None:
     del cookies[f"{NAME}_{count - 1}"]
     with pytest.raises(SessionError) as exc:
         c.decode(cookies, host=HOST, now=NOW)
-    assert reason(exc) == "bad_key_or_tampered"
+    # A cut can also leave non-canonical base64 at the end: refused before decryption.
+    assert reason(exc) in ("bad_key_or_tampered", "malformed")
     # Joining the parts into one unchunked cookie gives the exact ciphertext, but it was
     # sealed as "2 chunks" and is now presented as one.
     secret = os.urandom(32)
