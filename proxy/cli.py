@@ -78,13 +78,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"  signing:  {'GENERATED AT START' if snap.keys.ephemeral_signing_key else 'set'} "
         f"(kid {snap.keys.signer.kid})"
     )
+    if s.ignored_pomerium_keys():
+        print(f"  ignored:  {', '.join(s.ignored_pomerium_keys())} (Pomerium keys clawgate "
+              "does not need; safe to delete)")
     print(f"  routes:   {len(snap.routes)}")
     for route in snap.routes:
         flags = [
             f
             for f, on in (
                 ("websockets", route.settings.allow_websockets),
-                ("identity headers", route.settings.pass_identity_headers),
+                ("identity headers", route.pass_identity),
                 ("PUBLIC", route.public),
             )
             if on

@@ -206,7 +206,7 @@ async def _websocket(
 def _identity_headers(
     snap: Snapshot, route: Route, session: Session | None, request: web.BaseRequest
 ) -> dict[str, str]:
-    if not route.settings.pass_identity_headers:
+    if not route.pass_identity:
         return {}
     settings = snap.settings
     out: dict[str, str] = {}

@@ -100,7 +100,7 @@ class RouteSettings(BaseModel):
     prefix_rewrite: str | None = None
     allow_websockets: bool = False
     preserve_host_header: bool = False
-    pass_identity_headers: bool = False
+    pass_identity_headers: bool | None = None  # None: the global pass_identity_headers
     set_request_headers: dict[str, str] = Field(default_factory=dict)
     remove_request_headers: list[str] = Field(default_factory=list)
     set_response_headers: dict[str, str] = Field(default_factory=dict)
@@ -194,7 +194,8 @@ class Settings(BaseSettings):
     insecure_server: bool = False
     health_address: str | None = "127.0.0.1:28080"
     metrics_address: str | None = None
-    workers: int = Field(default=1, ge=1, le=64)
+    # One process per core by default; sign-outs and refreshes are shared (proxy/peers.py).
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     timeout_read: float = 30.0
     timeout_write: float = 0.0
     timeout_idle: float = 300.0
@@ -230,6 +231,7 @@ class Settings(BaseSettings):
     signing_key: SecretStr | None = None
     signing_key_file: Path | None = None
     jwt_claims_headers: dict[str, str] = Field(default_factory=dict)
+    pass_identity_headers: bool = False  # the default for routes that do not say
     jwt_assertion_header: str = "X-Pomerium-Jwt-Assertion"
 
     # Operations
@@ -238,6 +240,14 @@ class Settings(BaseSettings):
     rate_limits: RateLimits = Field(default_factory=RateLimits)
 
     routes: list[RouteSettings] = Field(default_factory=list)
+
+    # Pomerium keys with no meaning in one process; accepted so a Pomerium config.yaml
+    # loads unchanged, and reported at start (see docs/migrating-from-pomerium.md).
+    authenticate_service_url: str | None = None
+    authenticate_callback_path: str | None = None
+    idp_provider: str | None = None
+    shared_secret: SecretStr | None = None
+    shared_secret_file: Path | None = None
 
     _durations = field_validator(
         "timeout_read",
@@ -262,6 +272,26 @@ class Settings(BaseSettings):
     def _scopes(cls, value: object) -> object:
         if isinstance(value, str):
             return [s for s in re.split(r"[\s,]+", value) if s]
+        return value
+
+    @field_validator("jwt_claims_headers", mode="before")
+    @classmethod
+    def _claims_headers(cls, value: object) -> object:
+        """Pomerium also takes a list of claims: ``email,groups`` -> X-Pomerium-Claim-Email..."""
+        if isinstance(value, str):
+            value = [v for v in re.split(r"[\s,]+", value) if v]
+        if isinstance(value, list):
+            return {f"x-pomerium-claim-{str(c).replace('_', '-').lower()}": str(c) for c in value}
+        return value
+
+    @field_validator("idp_provider")
+    @classmethod
+    def _provider(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() == "github":
+            raise ValueError(
+                "GitHub does not speak OpenID Connect; clawgate needs an OIDC provider "
+                "(idp_provider_url with /.well-known/openid-configuration)"
+            )
         return value
 
     @field_validator("cookie_secret", mode="before")
@@ -345,6 +375,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Init kwargs carry the YAML document; the environment overrides it.
         return (env_settings, init_settings)
+
+    def ignored_pomerium_keys(self) -> list[str]:
+        keys = ("authenticate_service_url", "authenticate_callback_path", "idp_provider",
+                "shared_secret", "shared_secret_file")
+        return [k for k in keys if getattr(self, k) is not None]
 
     def needs_idp(self) -> bool:
         return any(r.allow_public_unauthenticated_access is not True for r in self.routes)

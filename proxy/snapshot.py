@@ -70,6 +70,7 @@ class Route:
     response_headers: Mapping[str, str]
     timeout: float | None
     idle_timeout: float | None
+    pass_identity: bool
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,9 @@ def _compile_route(index: int, rs: RouteSettings, settings: Settings) -> Route:
         response_headers={k: v for k, v in response_headers.items() if v != ""},
         timeout=timeout or None,
         idle_timeout=rs.idle_timeout or None,
+        pass_identity=settings.pass_identity_headers
+        if rs.pass_identity_headers is None
+        else rs.pass_identity_headers,
     )
 
 
