@@ -7,10 +7,16 @@ it never grants anything. A refresh that fails ends the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -194,6 +200,55 @@ async def refresh(runtime: Runtime, session: Session) -> Session | None:
 
 
 async def _refresh_once(runtime: Runtime, session: Session, key: tuple[str, str]) -> Session | None:
+    if runtime.shared_dir is None:
+        return await _refresh_with_idp(runtime, session, key)
+    # Sibling workers: providers rotate refresh tokens and revoke the whole grant when an
+    # old one is used twice, so exactly one process may spend it. The others wait on a
+    # file lock and take the session it left behind (sealed like a cookie).
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:32]
+    lock_path = runtime.shared_dir / f"refresh-{digest}.lock"
+    result_path = runtime.shared_dir / f"refresh-{digest}.json"
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        shared = _read_shared_refresh(runtime, session, result_path)
+        if shared is not None:
+            return shared
+        updated = await _refresh_with_idp(runtime, session, key)
+        if updated is not None:
+            with contextlib.suppress(OSError, SessionError):
+                pairs = runtime.snapshot.keys.codec.encode(updated)
+                tmp = result_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(pairs))
+                os.replace(tmp, result_path)
+        return updated
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def prune_shared_refreshes(runtime: Runtime, max_age: float = 600.0) -> None:
+    """Drop hand-over files no request can still want (their refresh token is spent)."""
+    if runtime.shared_dir is None:
+        return
+    cutoff = time.time() - max_age
+    for path in runtime.shared_dir.glob("refresh-*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+
+
+def _read_shared_refresh(runtime: Runtime, session: Session, path: Path) -> Session | None:
+    try:
+        pairs = json.loads(path.read_text())
+        cookies = {str(name): str(value) for name, value in pairs}
+        return runtime.snapshot.keys.codec.decode(cookies, host=session.host, now=int(time.time()))
+    except (OSError, ValueError, TypeError, SessionError):
+        return None
+
+
+async def _refresh_with_idp(
+    runtime: Runtime, session: Session, key: tuple[str, str]
+) -> Session | None:
     assert runtime.oidc is not None and session.refresh_token is not None
     try:
         result = await runtime.oidc.refresh(session.refresh_token, session.id_token)

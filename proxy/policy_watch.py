@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import structlog
 
 from policy.model import RequestFacts
-from proxy.identity import refresh, to_identity
+from proxy.identity import prune_shared_refreshes, refresh, to_identity
 from proxy.runtime import Runtime
 from proxy.websocket import POLICY_VIOLATION, LiveConnection
 
@@ -44,6 +44,7 @@ async def sweep_sessions(runtime: Runtime) -> None:
     """Close connections whose session ended; refresh the ones that are due."""
     now = int(time.time())
     runtime.prune_revoked(now)
+    prune_shared_refreshes(runtime)
     for conn in runtime.registry:
         session = conn.session
         if session is None or conn.closing:

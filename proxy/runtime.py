@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -41,8 +43,16 @@ class Runtime:
     # signed-out cookie must not keep working on this instance.
     revoked: dict[str, int] = field(default_factory=dict)
 
-    def revoke(self, sid: str, until: int) -> None:
+    # Private directory shared with sibling workers (refresh hand-over), or None.
+    shared_dir: Path | None = None
+    # Called with every revocation made here (proxy/peers.py tells sibling workers).
+    revoke_hooks: list[Callable[[str, int], None]] = field(default_factory=list)
+
+    def revoke(self, sid: str, until: int, *, broadcast: bool = True) -> None:
         self.revoked[sid] = until
+        if broadcast:
+            for hook in self.revoke_hooks:
+                hook(sid, until)
 
     def prune_revoked(self, now: int) -> None:
         for sid in [s for s, until in self.revoked.items() if until <= now]:

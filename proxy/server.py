@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import secrets
 import signal
 import socket
@@ -23,6 +24,7 @@ from proxy.fastpath import UPSTREAM_POOL, UpstreamPool
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
 from proxy.oidc import OidcClient, OidcError
+from proxy.peers import PEERS_ENV, Peers
 from proxy.policy_watch import reauthorize_connections
 from proxy.readiness import UpstreamProbe, upstream_targets
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime
@@ -292,7 +294,7 @@ class ConfigWatcher:
                 detail="the last good configuration stays in force",
             )
             return
-        except Exception as exc:  # noqa: BLE001 - a bad file must never stop the watcher
+        except Exception as exc:
             runtime.reload.disk_matches = False
             runtime.reload.last_error = f"{self._path}: unreadable ({type(exc).__name__})"
             log.error(
@@ -381,6 +383,13 @@ async def serve(
             "insecure_server",
             detail="serving plain HTTP: only safe behind a TLS-terminating load balancer",
         )
+    if settings.ignored_pomerium_keys():
+        log.warning(
+            "pomerium_keys_ignored",
+            keys=settings.ignored_pomerium_keys(),
+            detail="these Pomerium keys have no meaning in clawgate (each route host has "
+            "its own /.clawgate/callback); they can be deleted",
+        )
     http = new_http_client()
     # The identity provider gets its own client so its calls can be counted apart.
     idp_http = new_http_client(trace=[metrics.idp_trace()])
@@ -388,6 +397,7 @@ async def serve(
     runtime = Runtime(snapshot=snapshot, http=http,
                       oidc=instrument_oidc(oidc) if oidc is not None else None)
     metrics.CONFIG_GENERATION.set(snapshot.generation)
+    peers = _join_peers(runtime)
     certs = (
         None
         if settings.insecure_server
@@ -470,7 +480,21 @@ async def serve(
             await runner.cleanup()
         await http.close()
         await idp_http.close()
+        if peers is not None:
+            peers.close()
         log.info("stopped")
+
+
+def _join_peers(runtime: Runtime) -> Peers | None:
+    """Supervised workers tell each other about sign-outs (proxy/peers.py)."""
+    index = worker_index()
+    directory = os.environ.get(PEERS_ENV)
+    if index is None or not directory:
+        return None
+    peers = Peers(runtime, Path(directory), index)
+    peers.start()
+    runtime.shared_dir = Path(directory)
+    return peers
 
 
 def connection_limits(runtime: Runtime) -> Limits:

@@ -30,6 +30,7 @@ import structlog
 
 from proxy.assertion import generate_signing_key
 from proxy.metrics import MULTIPROC_ENV
+from proxy.peers import PEERS_ENV
 from proxy.session import SessionCodec
 from proxy.settings import Settings
 from proxy.tls import generate_self_signed
@@ -84,7 +85,7 @@ async def supervise(config_path: Path, settings: Settings, hosts: list[str], cou
     async def start(index: int) -> None:
         procs[index] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path),
-            env={**env, WORKER_ENV: str(index)},
+            env={**env, WORKER_ENV: str(index), PEERS_ENV: str(private)},
         )
         started[index] = time.monotonic()
         log.info("worker_started", worker=index, pid=procs[index].pid)

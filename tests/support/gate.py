@@ -40,6 +40,8 @@ def base_config(port: int, upstream_url: str, *, idp: TestIdP | None, **override
         "address": f"127.0.0.1:{port}",
         "health_address": f"127.0.0.1:{free_port()}",
         "cookie_secret": COOKIE_SECRET,
+        # One process unless a test asks for more: GateProcess tests read its pid and RSS.
+        "workers": 1,
         "log_level": "debug",
         "log_format": "console",
         "jwt_claims_headers": {"x-pomerium-claim-email": "email", "x-clawgate-groups": "groups"},
