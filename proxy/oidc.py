@@ -288,8 +288,14 @@ class OidcClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                payload = await resp.json(content_type=None)
                 status = resp.status
+                if status >= 500:
+                    # The provider is failing, not refusing: say "unavailable", not "denied".
+                    raise OidcError(
+                        "idp_unreachable",
+                        f"the identity provider's token endpoint answered {status}",
+                    )
+                payload = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
             raise OidcError(
                 "idp_unreachable",

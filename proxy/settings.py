@@ -337,6 +337,8 @@ class Settings(BaseSettings):
                 raise KeyedValueError(f"{key}_file", f"set either {key} or {key}_file, not both")
             try:
                 content = Path(path).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise KeyedValueError(f"{key}_file", f"{path} is not UTF-8 text") from None
             except OSError as exc:
                 raise KeyedValueError(
                     f"{key}_file", f"cannot read {path}: {exc.strerror}"
@@ -432,6 +434,9 @@ def load_settings(path: str | Path) -> tuple[Settings, LocatedYaml]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read the configuration: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{source}:{line}: the file is not UTF-8 text"]) from None
     return parse_settings(text, source)
 
 

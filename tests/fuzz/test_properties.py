@@ -128,13 +128,12 @@ def test_arbitrary_config_text(text: str) -> None:
     check_config_text(text)
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="load_settings lets UnicodeDecodeError out for non-UTF-8 files")
 def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
-    path.write_bytes(b"address: \xff\xfe\n")
-    with pytest.raises(ConfigError):
+    path.write_bytes(b"log_level: info\naddress: \xff\xfe\n")
+    with pytest.raises(ConfigError) as exc:
         load_settings(path)
+    assert f"{path}:2: the file is not UTF-8 text" in str(exc.value)
 
 
 path_alphabet = st.sampled_from([
