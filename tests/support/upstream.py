@@ -52,6 +52,12 @@ def build_upstream(seen: Seen) -> web.Application:
                     await ws.send_str(json.dumps(dict(request.headers)))
                 elif msg.data.startswith("close:"):
                     await ws.close(code=int(msg.data.split(":")[1]), message=b"bye")
+                elif msg.data.startswith("flood:"):
+                    # As fast as the relay lets us: each send waits for the socket to drain.
+                    frame = b"f" * 65536
+                    for _ in range(int(msg.data.split(":")[1])):
+                        await ws.send_bytes(frame)
+                    await ws.send_str("flood-done")
                 else:
                     await ws.send_str(msg.data)
             elif msg.type == WSMsgType.BINARY:
