@@ -101,6 +101,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             request_id=rid,
             user=session.email or session.sub if session else None,
             csrf=session.csrf if session else None,
+            reason=decision.reason,
         )
         apply_cookies(denied, snap.settings, resolved, max_age)
         return denied

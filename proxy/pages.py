@@ -100,10 +100,17 @@ def error(
     user: str | None = None,
     csrf: str | None = None,
     headers: Mapping[str, str] | None = None,
+    reason: str | None = None,
 ) -> web.Response:
-    """An error as a small HTML page or, for non-browser clients, JSON."""
+    """An error as a small HTML page or, for non-browser clients, JSON.
+
+    ``reason`` is the policy decision's explanation (which rule decided, or that none
+    matched): it names criteria, never another user's data.
+    """
     if wants_html(request):
         body = f"<p>{html.escape(detail)}</p>"
+        if reason is not None:
+            body += f'<p class="muted">Decision: <code>{html.escape(reason)}</code></p>'
         if user is not None:
             body += f"<p>You are signed in as <strong>{html.escape(user)}</strong>.</p>"
             if csrf is not None:
@@ -111,6 +118,8 @@ def error(
         resp = html_response(status, title, body, request_id)
     else:
         payload: dict[str, Any] = {"error": error_code, "message": detail}
+        if reason is not None:
+            payload["reason"] = reason
         if request_id:
             payload["request_id"] = request_id
         resp = json_response(status, payload)

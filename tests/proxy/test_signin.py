@@ -82,9 +82,12 @@ async def test_denied_user_gets_403_and_never_reaches_upstream(
         page = await resp.text()
         assert "mallory@evil.test" in page and "Sign out" in page
         assert upstream.seen.requests == []
+        assert "Decision: <code>deny: no allow rule matched</code>" in page
         async with browser.get(f"{gate.url}/secret", headers=JSON) as r:
             assert r.status == 403
-            assert (await r.json())["error"] == "forbidden"
+            body = await r.json()
+            assert body["error"] == "forbidden"
+            assert body["reason"] == "deny: no allow rule matched"
         # A WebSocket upgrade is checked as well.
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await browser.ws_connect(f"{gate.url}/ws", origin=gate.url)
