@@ -61,7 +61,7 @@ USER 10001:10001
 EXPOSE 8443 8080
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["clawgate", "probe", "--url", "http://127.0.0.1:28080/healthz"]
+    CMD ["clawgate", "probe", "--insecure", "--url", "https://127.0.0.1:8443/ping", "--url", "http://127.0.0.1:28080/healthz"]
 
 ENTRYPOINT ["clawgate"]
 CMD ["serve", "--config", "/etc/clawgate/config.yaml"]

@@ -16,6 +16,7 @@ from proxy.session import SessionCodec
 from proxy.settings import ConfigError
 
 DEFAULT_CONFIG = "config.yaml"
+DEFAULT_PROBE_URL = "http://127.0.0.1:28080/healthz"
 
 
 def _config_path(value: str | None) -> Path:
@@ -110,18 +111,24 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    """GET a URL; exit 0 on 2xx. For container health checks (no curl in slim images)."""
+    """GET each URL; exit 0 when all answer 2xx. For container health checks (no curl in
+    slim images). ``--insecure`` is for probing clawgate's own TLS listener on 127.0.0.1,
+    whose certificate names the public host, not the loopback address."""
     ctx = ssl.create_default_context()
     if args.insecure:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(args.url, timeout=args.timeout, context=ctx) as resp:  # noqa: S310
-            ok = 200 <= resp.status < 300
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"probe failed: {exc}", file=sys.stderr)
-        return 1
-    return 0 if ok else 1
+    for url in args.url or [DEFAULT_PROBE_URL]:
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout, context=ctx) as resp:  # noqa: S310
+                ok = 200 <= resp.status < 300
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            print(f"probe {url} failed: {exc}", file=sys.stderr)
+            return 1
+        if not ok:
+            print(f"probe {url} answered {resp.status}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keygen", help="print a new EC P-256 signing_key (PEM)")
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("probe", help="GET a URL, exit 0 on 2xx (health checks)")
-    p.add_argument("--url", default="http://127.0.0.1:28080/healthz")
+    p = sub.add_parser("probe", help="GET URLs, exit 0 when all answer 2xx (health checks)")
+    p.add_argument("--url", action="append", help=f"repeatable (default {DEFAULT_PROBE_URL})")
     p.add_argument("--insecure", action="store_true", help="accept any TLS certificate")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_probe)

@@ -52,6 +52,7 @@ COMPOSE_SCHEMA = HERE / "compose-spec.schema.json"
 SERVICES = ("clawgate", "openclaw-gateway")
 CLAWGATE_INTERNAL_IP = "172.30.0.10"
 HEALTH_URL = "http://127.0.0.1:28080/healthz"
+PING_URL = "https://127.0.0.1:8443/ping"
 SECRET_KEYS = ("cookie_secret", "idp_client_secret", "signing_key")
 TOOL_TIMEOUT = 120
 
@@ -356,7 +357,9 @@ def test_entrypoint_cmd_and_healthcheck(dockerfile: list[Instruction]) -> None:
     health = by_kw["HEALTHCHECK"]
     _, sep, command = health.partition(" CMD ")
     assert sep, f"HEALTHCHECK without CMD: {health}"
-    assert exec_form(command) == ["clawgate", "probe", "--url", HEALTH_URL]
+    # /ping through the TLS listener (the request path answers) and the health listener.
+    assert exec_form(command) == ["clawgate", "probe", "--insecure", "--url", PING_URL,
+                                  "--url", HEALTH_URL]
 
 
 def test_exposed_ports_match_config_and_compose(
@@ -598,9 +601,10 @@ def test_healthcheck_and_upstream_match_config(
     compose: dict[str, Any], config: dict[str, Any]
 ) -> None:
     test = service(compose, "clawgate")["healthcheck"]["test"]
-    url = urlsplit(test[test.index("--url") + 1])
-    assert url.netloc == config["health_address"]
-    assert ipaddress.ip_address(url.hostname or "").is_loopback
+    urls = [urlsplit(test[i + 1]) for i, arg in enumerate(test) if arg == "--url"]
+    assert {u.netloc for u in urls} == {config["health_address"],
+                                        f"127.0.0.1:{listen_port(config['address'])}"}
+    assert all(ipaddress.ip_address(u.hostname or "").is_loopback for u in urls)
     (route,) = config["routes"]
     upstream = urlsplit(route["to"])
     assert upstream.hostname == "openclaw-gateway"
