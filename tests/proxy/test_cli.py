@@ -98,3 +98,26 @@ def test_policy_test_table(tmp_path: Path) -> None:
     table.write_text("- {method: GET, url: 'https://openclaw.example.com/', expct: allow}\n")
     result = run("policy", "test", "--config", str(config), str(table))
     assert result.returncode == 2 and ":1:" in result.stderr
+
+
+def test_probe_needs_every_url_to_answer_2xx() -> None:
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            self.send_response(200 if self.path == "/ok" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert run("probe", "--url", f"{base}/ok").returncode == 0
+        assert run("probe", "--url", f"{base}/ok", "--url", f"{base}/down").returncode == 1
+        assert run("probe", "--url", "http://127.0.0.1:1/").returncode == 1
+    finally:
+        server.shutdown()
