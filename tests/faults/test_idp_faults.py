@@ -67,7 +67,8 @@ async def test_token_endpoint_down_or_slow_gives_a_clear_page(
         idp_clean.set_failure("down", endpoints=("token",))
         async with client_session() as browser:
             resp = await login(browser, f"{gate.url}/x", ALICE.username, ALICE.password)
-            assert_clean(resp.status, await resp.text(), 401, "Sign-in failed")
+            # The IdP failing (503) is "unavailable", not the user being refused.
+            assert_clean(resp.status, await resp.text(), 502, "Sign-in failed")
         idp_clean.set_failure("slow", delay_ms=3000, endpoints=("token",))
         async with client_session() as browser:
             started = time.monotonic()
