@@ -130,7 +130,9 @@ def error(
 
 def who_am_i(info: Mapping[str, Any], csrf: str, request_id: str | None) -> web.Response:
     rows = "".join(
-        f"<dt>{html.escape(k)}</dt><dd>{html.escape(_text(v))}</dd>" for k, v in info.items()
+        f"<dt>{html.escape(k.replace('_', ' ').capitalize())}</dt><dd>{html.escape(_text(v))}</dd>"
+        for k, v in info.items()
+        if v is not None
     )
     body = f"<dl>{rows}</dl>{sign_out_form(csrf)}"
     return html_response(200, "Signed in", body, request_id)
