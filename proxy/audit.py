@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import ssl
 import stat
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,8 +31,8 @@ import aiohttp
 
 from policy.model import Identity, RequestFacts
 from proxy.session import SessionCodec
-from proxy.settings import ConfigError, Settings
-from proxy.snapshot import Route, Snapshot, load_snapshot
+from proxy.settings import Settings
+from proxy.snapshot import Route, Snapshot
 from proxy.tls import certificate_not_after
 
 __all__ = ["Finding", "add_audit_command", "audit_config", "deep_probe"]
@@ -308,15 +307,11 @@ def _print(findings: list[Finding], as_json: bool) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from proxy.cli import _config_path
+    from proxy.cli import _config_path, load_or_report
 
     path = _config_path(args.config)
-    try:
-        snap = load_snapshot(path)
-    except ConfigError as exc:
-        print(f"{path}: INVALID", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    snap = load_or_report(args.config)
+    if snap is None:
         return 2
     findings = audit_config(snap, path)
     if args.deep:

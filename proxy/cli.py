@@ -10,10 +10,14 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.assertion import generate_signing_key
 from proxy.session import SessionCodec
 from proxy.settings import ConfigError
+
+if TYPE_CHECKING:
+    from proxy.snapshot import Snapshot
 
 DEFAULT_CONFIG = "config.yaml"
 DEFAULT_PROBE_URL = "http://127.0.0.1:28080/healthz"
@@ -46,16 +50,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def load_or_report(config: str | None) -> Snapshot | None:
+    """The compiled configuration, or None after printing every problem with its line."""
     from proxy.snapshot import load_snapshot
 
-    path = _config_path(args.config)
+    path = _config_path(config)
     try:
-        snap = load_snapshot(path)
+        return load_snapshot(path)
     except ConfigError as exc:
         print(f"{path}: INVALID", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    snap = load_or_report(args.config)
+    if snap is None:
         return 2
     s = snap.settings
     scheme = "http (insecure_server)" if s.insecure_server else "https"

@@ -15,8 +15,8 @@ from typing import Any
 from policy.model import Decision
 from policy.paths import UnsafePathError
 from policy.table import CaseError, PolicyCase, load_cases, run_cases
-from proxy.settings import ConfigError, describe
-from proxy.snapshot import Snapshot, load_snapshot
+from proxy.settings import describe
+from proxy.snapshot import Snapshot
 from proxy.yamlsource import YamlError, load_located
 
 
@@ -30,12 +30,6 @@ def decide_case(snap: Snapshot, case: PolicyCase) -> tuple[str | None, Decision]
     if route is None:
         return None, Decision(False, "deny: no route matches (404)")
     return route.name, route.policy.decide(facts, case.identity())
-
-
-def _load(config: str | None) -> Snapshot:
-    from proxy.cli import _config_path
-
-    return load_snapshot(_config_path(config))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -61,12 +55,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
         item["ip"] = args.ip
     if args.time:
         item["time"] = args.time
-    try:
-        snap = _load(args.config)
-        (case,) = load_cases([item])
-    except ConfigError as exc:
-        _print_problems(exc.problems)
+    from proxy.cli import load_or_report  # cli imports this module
+
+    snap = load_or_report(args.config)
+    if snap is None:
         return 2
+    try:
+        (case,) = load_cases([item])
     except CaseError as exc:
         print(f"invalid request: {exc.message}", file=sys.stderr)
         return 2
@@ -81,10 +76,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     table = Path(args.file)
-    try:
-        snap = _load(args.config)
-    except ConfigError as exc:
-        _print_problems(exc.problems)
+    from proxy.cli import load_or_report  # cli imports this module
+
+    snap = load_or_report(args.config)
+    if snap is None:
         return 2
     try:
         located = load_located(table.read_text(encoding="utf-8"))
@@ -119,12 +114,6 @@ def cmd_test(args: argparse.Namespace) -> int:
         failed += not result.passed
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
-
-
-def _print_problems(problems: list[str]) -> None:
-    print("the configuration is not valid:", file=sys.stderr)
-    for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
 
 
 def add_policy_commands(sub: Any) -> None:
