@@ -326,10 +326,12 @@ class ListCriterion(Node):
 class GroupSet(Node):
     """Many ``groups has X`` criteria inside an ``or``/``not``, merged into one lookup."""
 
-    __slots__ = ("index",)
+    __slots__ = ("index", "names")
 
     def __init__(self, index: Mapping[str, int]) -> None:
         self.index = dict(index)
+        # Position -> group, so a reason names the match without scanning every group.
+        self.names = {i: g for g, i in reversed(self.index.items())}
 
     def _first(self, groups: frozenset[str]) -> int | None:
         index = self.index
@@ -356,9 +358,7 @@ class GroupSet(Node):
         return found
 
     def explain(self, ctx: Context) -> str:
-        position = self.match_index(ctx)
-        group = next(g for g, i in self.index.items() if i == position)
-        return f"groups has {group}"
+        return f"groups has {self.names[self.match_index(ctx)]}"
 
     def describe(self) -> str:
         if len(self.index) == 1:
@@ -505,7 +505,10 @@ class And(Node):
         self.children = children
 
     def test(self, ctx: Context, neg: bool) -> bool:
-        return all(c.test(ctx, neg) for c in self.children)
+        for child in self.children:  # noqa: SIM110 - see Or.test
+            if not child.test(ctx, neg):
+                return False
+        return True
 
     def explain(self, ctx: Context) -> str:
         return "and matched (" + "; ".join(c.explain(ctx) for c in self.children) + ")"
@@ -521,12 +524,21 @@ class Or(Node):
         self.children = children
 
     def test(self, ctx: Context, neg: bool) -> bool:
-        return any(c.test(ctx, neg) for _, c in self.children)
+        # A plain loop: a generator inside any() costs a frame per call on the hot path.
+        for _, child in self.children:  # noqa: SIM110
+            if child.test(ctx, neg):
+                return True
+        return False
 
     def explain(self, ctx: Context) -> str:
-        matched = [(_position(c, ctx), c[1]) for c in self.children if c[1].test(ctx, False)]
-        position, node = min(matched, key=lambda m: m[0])
-        return f"or[{position}] {node.explain(ctx)}"
+        best: tuple[int, Node] | None = None
+        for child in self.children:
+            if child[1].test(ctx, False):
+                position = _position(child, ctx)
+                if best is None or position < best[0]:
+                    best = (position, child[1])
+        assert best is not None
+        return f"or[{best[0]}] {best[1].explain(ctx)}"
 
     def describe(self) -> str:
         return "or(" + "; ".join(c.describe() for _, c in self.children) + ")"

@@ -42,7 +42,14 @@ from proxy.ratelimit import address_key
 
 log = structlog.get_logger("clawgate.connections")
 
-__all__ = ["ConnectionCounter", "GuardedHandler", "GuardedSite", "Limits", "strict_framing"]
+__all__ = [
+    "ConnectionCounter",
+    "GuardedHandler",
+    "GuardedSite",
+    "Limits",
+    "framing_refusal",
+    "strict_framing",
+]
 
 
 def _plain(status: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -297,11 +304,8 @@ class GuardedHandler(RequestHandler):
         return resp
 
 
-@web.middleware
-async def strict_framing(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Refuse requests whose framing a proxy in front may read differently.
+def framing_refusal(request: web.BaseRequest) -> web.Response | None:
+    """A 400 for requests whose framing a proxy in front may read differently, else None.
 
     HTTP/0.9 has no headers to speak of (a CR LF inside a target turns into one), and an
     HTTP/1.0 request with Transfer-Encoding is framed by whoever reads it: RFC 9112 6.1
@@ -309,16 +313,23 @@ async def strict_framing(
     pipelined behind it.
     """
     version = request.version
-    if version not in ((1, 0), (1, 1)) or (
-        version == (1, 0) and "Transfer-Encoding" in request.headers
-    ):
-        log.info("request_rejected", reason="ambiguous_framing",
-                 version=f"{version[0]}.{version[1]}")
-        resp = pages.error(request, 400, "Bad request", "clawgate could not accept this request.",
-                           error_code="ambiguous_framing")
-        resp.force_close()
-        return resp
-    return await handler(request)
+    if version == (1, 1) or (version == (1, 0) and "Transfer-Encoding" not in request.headers):
+        return None
+    log.info("request_rejected", reason="ambiguous_framing",
+             version=f"{version[0]}.{version[1]}")
+    resp = pages.error(request, 400, "Bad request", "clawgate could not accept this request.",
+                       error_code="ambiguous_framing")
+    resp.force_close()
+    return resp
+
+
+@web.middleware
+async def strict_framing(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """:func:`framing_refusal` as a middleware."""
+    refused = framing_refusal(request)
+    return refused if refused is not None else await handler(request)
 
 
 class GuardedSite(web.TCPSite):

@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.forward import HOP_BY_HOP, UpstreamError, UpstreamRequest
+from proxy.forward import DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP, UpstreamError, UpstreamRequest
 
 log = structlog.get_logger("clawgate.forward")
 
@@ -90,7 +90,7 @@ class _Conn(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
-        self.loop = asyncio.get_running_loop()
+        self.loop = pool.loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
@@ -318,6 +318,15 @@ class UpstreamPool:
         self._no_verify.check_hostname = False
         self._no_verify.verify_mode = ssl.CERT_NONE
         self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this pool serves. asyncio.get_running_loop() costs a getpid() system
+        call on Python 3.11; a pool belongs to one app, and so to one running loop."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def idle_count(self) -> int:
         return sum(len(v) for v in self._idle.values())
@@ -391,17 +400,21 @@ def _serialize(method: str, up: UpstreamRequest, framing: str) -> bytes:
 
 
 def _client_headers(conn: _Conn, extra: Any) -> CIMultiDict[str]:
-    drop = set(HOP_BY_HOP)
+    drop: frozenset[str] | set[str] = HOP_BY_HOP
     raw = conn.headers
     for name, value in raw:
         if name.lower() == b"connection":
+            drop = set(drop)
             drop.update(t.strip().lower() for t in value.decode("latin-1").split(",") if t.strip())
     out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
     for name, value in raw:
         key = name.decode("utf-8", "surrogateescape")
         if key.lower() not in drop:
-            out.add(key, value.decode("utf-8", "surrogateescape"))
+            add(key, value.decode("utf-8", "surrogateescape"))
     for name, value in extra.items():
+        if DEFAULT_RESPONSE_HEADERS.get(name) == value and name in out:
+            continue  # as in forward.py: a default never overrides the upstream's own choice
         out[name] = value
     return out
 
@@ -434,7 +447,7 @@ async def _exchange(
     key: PoolKey, body: bool, chunked: bool,
 ) -> tuple[_Conn, asyncio.Task[None] | None]:
     """Send the request; return once the response head is in (or raise UpstreamError)."""
-    loop = asyncio.get_running_loop()
+    loop = pool.loop()
     deadline = loop.time() + up.timeout if up.timeout else None
     retry = not body and request.method in _IDEMPOTENT
     while True:

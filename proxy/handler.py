@@ -63,7 +63,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _not_found(request, rid)
         request[ROUTE_NAME] = route_name
         return await endpoint(runtime, request, route_name)
-    route = snap.table.match(request.host, path)
+    route = _match_route(snap, request.host, path)
     if route is None:
         return _not_found(request, rid)
     request[ROUTE_NAME] = route.name
@@ -202,6 +202,33 @@ async def _websocket(
         idle_timeout=route.idle_timeout,
         verify_tls=not route.settings.tls_skip_verify,
     )
+
+
+# Route lookups by (Host header, normalized path) for the table in force. The table is
+# immutable, so a hit is always what RouteTable.match would say; the size is bounded
+# in entries and key length because both keys come from the client.
+_routes_for: list[object] = [None]
+_route_cache: dict[tuple[str, str], Route | None] = {}
+_ROUTE_CACHE_MAX = 4096
+
+
+def _match_route(snap: Snapshot, host: str, path: str) -> Route | None:
+    table = snap.table
+    if _routes_for[0] is not table:
+        _route_cache.clear()
+        _routes_for[0] = table
+    key = (host, path)
+    try:
+        return _route_cache[key]
+    except KeyError:
+        pass
+    route = table.match(host, path)
+    if len(host) + len(path) > 512:  # long keys are rare; caching them would cost memory
+        return route
+    if len(_route_cache) >= _ROUTE_CACHE_MAX:
+        _route_cache.clear()
+    _route_cache[key] = route
+    return route
 
 
 def _identity_headers(

@@ -107,8 +107,15 @@ def reason_kind(reason: str) -> str:
     return match.group(1)[:32] if match else "other"
 
 
+_kinds: dict[str, str] = {}
+
+
 def observe_decision(allow: bool, reason: str) -> None:
-    kind = reason_kind(reason)
+    kind = _kinds.get(reason)
+    if kind is None:
+        if len(_kinds) > _MAX_CACHED:
+            _kinds.clear()
+        kind = _kinds[reason] = reason_kind(reason)
     key = (allow, kind)
     counter = _decision_children.get(key)
     if counter is None:

@@ -26,12 +26,19 @@ from aiohttp import web
 from policy.paths import UnsafePathError, normalize_path
 from proxy import pages
 from proxy.ratelimit import KeyedLimiter, address_key, retry_after_header
-from proxy.runtime import REQUEST_ID, RUNTIME, Runtime, client_ip
+from proxy.runtime import REQUEST_ID, RUNTIME, client_ip
 from proxy.settings import RateLimit, RateLimits
 
 log = structlog.get_logger("clawgate.ratelimit")
 
-__all__ = ["SIGN_IN_PATHS", "THROTTLE", "Throttle", "limit_user", "throttle_middleware"]
+__all__ = [
+    "SIGN_IN_PATHS",
+    "THROTTLE",
+    "Throttle",
+    "ip_refusal",
+    "limit_user",
+    "throttle_middleware",
+]
 
 SIGN_IN_PATHS = frozenset({"/.clawgate/sign_in", "/.clawgate/callback"})
 _EXEMPT = frozenset({"/ping"})
@@ -97,16 +104,14 @@ def _is_sign_in(raw_path: str) -> bool:
         return False
 
 
-@web.middleware
-async def throttle_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def ip_refusal(request: web.Request) -> web.Response | None:
+    """The per-IP check of :func:`throttle_middleware`: a 429, or None to go on."""
     raw_path = request.raw_path.partition("?")[0]
     if raw_path in _EXEMPT:
-        return await handler(request)
-    runtime: Runtime = request.app[RUNTIME]
-    settings = runtime.snapshot.settings
-    throttle = request.app[THROTTLE]
+        return None
+    app = request.app
+    settings = app[RUNTIME].snapshot.settings
+    throttle = app[THROTTLE]
     throttle.configure(settings.rate_limits)
     if throttle.sign_in_ip is not None or throttle.proxy_ip is not None:
         sign_in = _is_sign_in(raw_path)
@@ -114,7 +119,15 @@ async def throttle_middleware(
         wait = throttle.check_ip(sign_in, ip, time.monotonic())
         if wait > 0:
             return too_many(request, wait, "sign_in_per_ip" if sign_in else "proxy_per_ip")
-    return await handler(request)
+    return None
+
+
+@web.middleware
+async def throttle_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    refused = ip_refusal(request)
+    return refused if refused is not None else await handler(request)
 
 
 def limit_user(request: web.Request, user: str) -> web.Response | None:
