@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
@@ -272,8 +272,11 @@ class RouteTable(Generic[T]):
         exact = self._exact.get((host, port), [])
         label, dot, parent = host.partition(".")
         wild = self._wild.get((parent, port), []) if label and dot else []
-        candidates: Iterator[tuple[int, RouteMatcher, T]] = heapq.merge(
-            exact, wild, key=lambda entry: entry[0]
+        # File order across exact and wildcard routes; merging only when both exist.
+        candidates: Iterable[tuple[int, RouteMatcher, T]] = (
+            heapq.merge(exact, wild, key=lambda entry: entry[0])
+            if exact and wild
+            else exact or wild
         )
         for _, matcher, value in candidates:
             if matcher.matches_path(path):

@@ -42,8 +42,13 @@ OPENCLAW_PORT = 18789
 CERT_WARN_DAYS = 14
 JWKS_PATH = "/.well-known/clawgate/jwks.json"
 
-_STRANGER = Identity(sub="clawgate-audit-probe", email="probe@audit.invalid",
-                     email_verified=True, groups=frozenset(), claims={})
+_STRANGER = Identity(
+    sub="clawgate-audit-probe",
+    email="probe@audit.invalid",
+    email_verified=True,
+    groups=frozenset(),
+    claims={},
+)
 
 
 @dataclass(frozen=True)
@@ -64,22 +69,30 @@ def _is_openclaw(route: Route) -> bool:
 
 def _secret_findings(settings: Settings, ephemeral: bool) -> list[Finding]:
     if ephemeral:
-        return [Finding(
-            "high", "cookie_secret",
-            "no cookie_secret is set: one is generated at every start, so every restart "
-            "signs everyone out and replicas cannot read each other's cookies",
-            "set cookie_secret (or cookie_secret_file) to the output of `clawgate secret`")]
+        return [
+            Finding(
+                "high",
+                "cookie_secret",
+                "no cookie_secret is set: one is generated at every start, so every restart "
+                "signs everyone out and replicas cannot read each other's cookies",
+                "set cookie_secret (or cookie_secret_file) to the output of `clawgate secret`",
+            )
+        ]
     out = []
     for i, secret in enumerate(settings.cookie_secret):
         raw = SessionCodec.parse_secret(secret.get_secret_value())
         # 32 random bytes have about 28 distinct values; a typed or patterned "secret"
         # (all zeros, repeated words, a counter) has far fewer.
         if len(set(raw)) < 20:
-            out.append(Finding(
-                "high", f"cookie_secret[{i}]",
-                "the cookie secret is not random (too few distinct bytes): sessions could "
-                "be forged by anyone who guesses it",
-                "replace it with the output of `clawgate secret`"))
+            out.append(
+                Finding(
+                    "high",
+                    f"cookie_secret[{i}]",
+                    "the cookie secret is not random (too few distinct bytes): sessions could "
+                    "be forged by anyone who guesses it",
+                    "replace it with the output of `clawgate secret`",
+                )
+            )
     return out
 
 
@@ -90,14 +103,21 @@ def _file_findings(path: Path, settings: Settings) -> list[Finding]:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return out
-    inline = [k for k in ("cookie_secret", "idp_client_secret", "signing_key")
-              if f"\n{k}:" in f"\n{text}" and getattr(settings, f"{k}_file") is None]
+    inline = [
+        k
+        for k in ("cookie_secret", "idp_client_secret", "signing_key")
+        if f"\n{k}:" in f"\n{text}" and getattr(settings, f"{k}_file") is None
+    ]
     if inline and mode & (stat.S_IRWXG | stat.S_IRWXO):
-        out.append(Finding(
-            "high", "config file permissions",
-            f"{path} holds {', '.join(inline)} and is readable by other users "
-            f"(mode {stat.S_IMODE(mode):o})",
-            f"chmod 600 {path}, or move the secrets to *_file secret files"))
+        out.append(
+            Finding(
+                "high",
+                "config file permissions",
+                f"{path} holds {', '.join(inline)} and is readable by other users "
+                f"(mode {stat.S_IMODE(mode):o})",
+                f"chmod 600 {path}, or move the secrets to *_file secret files",
+            )
+        )
     for key in ("cookie_secret_file", "idp_client_secret_file", "signing_key_file"):
         secret_path = getattr(settings, key)
         if secret_path is None:
@@ -107,9 +127,15 @@ def _file_findings(path: Path, settings: Settings) -> list[Finding]:
         except OSError:
             continue
         if secret_mode & stat.S_IRWXO:
-            out.append(Finding(
-                "high", key, f"{secret_path} is readable by every user on the host "
-                f"(mode {stat.S_IMODE(secret_mode):o})", f"chmod 600 {secret_path}"))
+            out.append(
+                Finding(
+                    "high",
+                    key,
+                    f"{secret_path} is readable by every user on the host "
+                    f"(mode {stat.S_IMODE(secret_mode):o})",
+                    f"chmod 600 {secret_path}",
+                )
+            )
     return out
 
 
@@ -119,87 +145,154 @@ def _route_findings(route: Route) -> list[Finding]:
     public = route.policy.decide(_facts(), None).allow
     stranger = route.policy.decide(_facts(), _STRANGER).allow
     if public and _is_openclaw(route):
-        out.append(Finding(
-            "high", key, "the OpenClaw route is open to anyone on the network without "
-            "signing in: whoever reaches it controls the agent",
-            "remove allow_public_unauthenticated_access / accept: true and list who may "
-            "use it (allowed_users, allowed_domains or a policy)"))
+        out.append(
+            Finding(
+                "high",
+                key,
+                "the OpenClaw route is open to anyone on the network without "
+                "signing in: whoever reaches it controls the agent",
+                "remove allow_public_unauthenticated_access / accept: true and list who may "
+                "use it (allowed_users, allowed_domains or a policy)",
+            )
+        )
     elif public:
-        out.append(Finding(
-            "low", key, "the route is public (no sign-in needed)",
-            "make sure nothing behind it needs protecting"))
+        out.append(
+            Finding(
+                "low",
+                key,
+                "the route is public (no sign-in needed)",
+                "make sure nothing behind it needs protecting",
+            )
+        )
     elif stranger and route.settings.allow_websockets:
-        out.append(Finding(
-            "high", key, "any signed-in account of the identity provider may open "
-            "WebSockets here (allow_any_authenticated_user or an equivalent policy); with "
-            "a public IdP (Google, GitHub) that is anyone on the internet",
-            "restrict the route to listed users, domains or groups"))
+        out.append(
+            Finding(
+                "high",
+                key,
+                "any signed-in account of the identity provider may open "
+                "WebSockets here (allow_any_authenticated_user or an equivalent policy); with "
+                "a public IdP (Google, GitHub) that is anyone on the internet",
+                "restrict the route to listed users, domains or groups",
+            )
+        )
     elif stranger:
-        out.append(Finding(
-            "medium", key, "any signed-in account of the identity provider is allowed",
-            "restrict the route to listed users, domains or groups"))
+        out.append(
+            Finding(
+                "medium",
+                key,
+                "any signed-in account of the identity provider is allowed",
+                "restrict the route to listed users, domains or groups",
+            )
+        )
     if route.settings.allow_unverified_email is True:
-        out.append(Finding(
-            "medium", key, "allow_unverified_email: an address the IdP has not verified "
-            "passes email and domain rules, so anyone can claim someone else's address at "
-            "providers that allow sign-up",
-            "remove allow_unverified_email unless the IdP verifies every address"))
+        out.append(
+            Finding(
+                "medium",
+                key,
+                "allow_unverified_email: an address the IdP has not verified "
+                "passes email and domain rules, so anyone can claim someone else's address at "
+                "providers that allow sign-up",
+                "remove allow_unverified_email unless the IdP verifies every address",
+            )
+        )
     if route.settings.tls_skip_verify:
-        out.append(Finding(
-            "medium", key, "tls_skip_verify: the upstream's certificate is not checked",
-            "give the upstream a certificate clawgate can verify"))
+        out.append(
+            Finding(
+                "medium",
+                key,
+                "tls_skip_verify: the upstream's certificate is not checked",
+                "give the upstream a certificate clawgate can verify",
+            )
+        )
     return out
 
 
-def audit_config(snap: Snapshot, path: Path | None, *, now: dt.datetime | None = None
-                 ) -> list[Finding]:
+def audit_config(
+    snap: Snapshot, path: Path | None, *, now: dt.datetime | None = None
+) -> list[Finding]:
     """Findings about the configuration alone (no network)."""
     settings = snap.settings
     now = now or dt.datetime.now(dt.UTC)
     out = _secret_findings(settings, snap.keys.ephemeral_cookie_secret)
     if snap.keys.ephemeral_signing_key:
-        out.append(Finding(
-            "medium", "signing_key",
-            "no signing_key is set: the identity assertion key changes at every restart "
-            "and differs between replicas, so the upstream cannot pin it",
-            "set signing_key (or signing_key_file) to the output of `clawgate keygen`"))
+        out.append(
+            Finding(
+                "medium",
+                "signing_key",
+                "no signing_key is set: the identity assertion key changes at every restart "
+                "and differs between replicas, so the upstream cannot pin it",
+                "set signing_key (or signing_key_file) to the output of `clawgate keygen`",
+            )
+        )
     if settings.insecure_server:
         behind_proxy = settings.xff_num_trusted_hops > 0
-        out.append(Finding(
-            "medium" if behind_proxy else "high", "insecure_server",
-            "clawgate serves plain HTTP: cookies, tokens and OpenClaw traffic cross the "
-            "network unencrypted" + (" unless the proxy in front terminates TLS"
-                                     if behind_proxy else ""),
-            "remove insecure_server and give clawgate a certificate (or keep it only "
-            "behind a TLS-terminating load balancer on a private network)"))
+        out.append(
+            Finding(
+                "medium" if behind_proxy else "high",
+                "insecure_server",
+                "clawgate serves plain HTTP: cookies, tokens and OpenClaw traffic cross the "
+                "network unencrypted"
+                + (" unless the proxy in front terminates TLS" if behind_proxy else ""),
+                "remove insecure_server and give clawgate a certificate (or keep it only "
+                "behind a TLS-terminating load balancer on a private network)",
+            )
+        )
     if settings.certificate_file is not None:
         try:
             not_after = certificate_not_after(settings.certificate_file)
         except (OSError, ValueError):
-            out.append(Finding("high", "certificate_file",
-                               f"{settings.certificate_file} cannot be read as a PEM "
-                               "certificate", "point certificate_file at the PEM chain"))
+            out.append(
+                Finding(
+                    "high",
+                    "certificate_file",
+                    f"{settings.certificate_file} cannot be read as a PEM certificate",
+                    "point certificate_file at the PEM chain",
+                )
+            )
         else:
             left = not_after - now
             if left <= dt.timedelta(0):
-                out.append(Finding("high", "certificate_file",
-                                   f"the TLS certificate expired on {not_after:%Y-%m-%d}",
-                                   "renew it (clawgate reloads renewed files by itself)"))
+                out.append(
+                    Finding(
+                        "high",
+                        "certificate_file",
+                        f"the TLS certificate expired on {not_after:%Y-%m-%d}",
+                        "renew it (clawgate reloads renewed files by itself)",
+                    )
+                )
             elif left < dt.timedelta(days=CERT_WARN_DAYS):
-                out.append(Finding("medium", "certificate_file",
-                                   f"the TLS certificate expires on {not_after:%Y-%m-%d} "
-                                   f"({left.days} days)", "renew it now"))
+                out.append(
+                    Finding(
+                        "medium",
+                        "certificate_file",
+                        f"the TLS certificate expires on {not_after:%Y-%m-%d} ({left.days} days)",
+                        "renew it now",
+                    )
+                )
     limits = settings.rate_limits
-    if limits.sign_in_per_ip is None and limits.proxy_per_ip is None \
-            and limits.proxy_per_user is None:
-        out.append(Finding(
-            "medium", "rate_limits", "rate limiting is off: sign-in and proxied requests "
-            "can be sent as fast as a client likes",
-            "set rate_limits.sign_in_per_ip (and proxy_per_ip / proxy_per_user)"))
+    if (
+        limits.sign_in_per_ip is None
+        and limits.proxy_per_ip is None
+        and limits.proxy_per_user is None
+    ):
+        out.append(
+            Finding(
+                "medium",
+                "rate_limits",
+                "rate limiting is off: sign-in and proxied requests "
+                "can be sent as fast as a client likes",
+                "set rate_limits.sign_in_per_ip (and proxy_per_ip / proxy_per_user)",
+            )
+        )
     elif limits.sign_in_per_ip is None:
-        out.append(Finding("low", "rate_limits.sign_in_per_ip",
-                           "sign-in endpoints are not rate limited",
-                           "set rate_limits.sign_in_per_ip, e.g. {rate: 2, burst: 20}"))
+        out.append(
+            Finding(
+                "low",
+                "rate_limits.sign_in_per_ip",
+                "sign-in endpoints are not rate limited",
+                "set rate_limits.sign_in_per_ip, e.g. {rate: 2, burst: 20}",
+            )
+        )
     if path is not None:
         out += _file_findings(path, settings)
     for route in snap.routes:
@@ -226,8 +319,9 @@ async def deep_probe(
     if not verify_tls:
         ssl_ctx = False
     client_timeout = aiohttp.ClientTimeout(total=probe_timeout)
-    async with aiohttp.ClientSession(timeout=client_timeout, trust_env=False,
-                                     cookie_jar=aiohttp.DummyCookieJar()) as http:
+    async with aiohttp.ClientSession(
+        timeout=client_timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+    ) as http:
         for url in upstream_probe:
             try:
                 async with http.get(url, allow_redirects=False, ssl=ssl_ctx) as r:
@@ -235,12 +329,16 @@ async def deep_probe(
             except (aiohttp.ClientError, TimeoutError, OSError):
                 status = None
             if status is not None:
-                out.append(Finding(
-                    "high", "upstream exposure",
-                    f"{url} answered ({status}) without going through clawgate: anyone who "
-                    "can reach it bypasses sign-in and policy",
-                    "publish only clawgate's port; bind the upstream to a private network "
-                    "or loopback (OpenClaw: gateway.bind loopback / no published port)"))
+                out.append(
+                    Finding(
+                        "high",
+                        "upstream exposure",
+                        f"{url} answered ({status}) without going through clawgate: anyone who "
+                        "can reach it bypasses sign-in and policy",
+                        "publish only clawgate's port; bind the upstream to a private network "
+                        "or loopback (OpenClaw: gateway.bind loopback / no published port)",
+                    )
+                )
         seen_hosts: set[str] = set()
         for route in snap.routes:
             authority = route.origin.removeprefix("https://")
@@ -254,41 +352,65 @@ async def deep_probe(
             if not route.public:
                 for accept in ("text/html", "application/json"):
                     try:
-                        async with http.get(f"{target}{probe_path}", allow_redirects=False,
-                                            headers={**headers, "Accept": accept},
-                                            ssl=ssl_ctx) as r:
+                        async with http.get(
+                            f"{target}{probe_path}",
+                            allow_redirects=False,
+                            headers={**headers, "Accept": accept},
+                            ssl=ssl_ctx,
+                        ) as r:
                             status, location = r.status, r.headers.get("Location", "")
                     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                        out.append(Finding("high", key, f"{target} could not be reached "
-                                           f"({type(exc).__name__})",
-                                           "check that clawgate is running and reachable"))
+                        out.append(
+                            Finding(
+                                "high",
+                                key,
+                                f"{target} could not be reached ({type(exc).__name__})",
+                                "check that clawgate is running and reachable",
+                            )
+                        )
                         break
                     idp = (snap.settings.idp_provider_url or "").rstrip("/")
                     redirected = status in (302, 303) and bool(idp) and location.startswith(idp)
                     refused = status in (401, 403)
                     if not (redirected or refused):
-                        out.append(Finding(
-                            "high", key, f"an unauthenticated request ({accept}) got "
-                            f"{status} instead of a sign-in redirect or 401",
-                            "check the route's policy and that clawgate is in front"))
+                        out.append(
+                            Finding(
+                                "high",
+                                key,
+                                f"an unauthenticated request ({accept}) got "
+                                f"{status} instead of a sign-in redirect or 401",
+                                "check the route's policy and that clawgate is in front",
+                            )
+                        )
             try:
-                async with http.get(f"{target}{JWKS_PATH}", headers=headers,
-                                    ssl=ssl_ctx) as r:
+                async with http.get(f"{target}{JWKS_PATH}", headers=headers, ssl=ssl_ctx) as r:
                     doc: Any = await r.json(content_type=None) if r.status == 200 else None
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
                 doc = None
             keys = doc.get("keys") if isinstance(doc, dict) else None
             if not keys:
-                out.append(Finding(
-                    "high", "jwks", f"{target}{JWKS_PATH} does not serve the signing keys: "
-                    "the upstream cannot verify clawgate's identity assertion",
-                    "check that clawgate serves this host"))
-            elif not any(k.get("kid") == snap.keys.signer.kid for k in keys
-                         if isinstance(k, dict)) and not snap.keys.ephemeral_signing_key:
-                out.append(Finding(
-                    "medium", "jwks", "the served JWKS does not contain the configured "
-                    "signing key: the running process uses another key",
-                    "restart clawgate after changing signing_key"))
+                out.append(
+                    Finding(
+                        "high",
+                        "jwks",
+                        f"{target}{JWKS_PATH} does not serve the signing keys: "
+                        "the upstream cannot verify clawgate's identity assertion",
+                        "check that clawgate serves this host",
+                    )
+                )
+            elif (
+                not any(k.get("kid") == snap.keys.signer.kid for k in keys if isinstance(k, dict))
+                and not snap.keys.ephemeral_signing_key
+            ):
+                out.append(
+                    Finding(
+                        "medium",
+                        "jwks",
+                        "the served JWKS does not contain the configured "
+                        "signing key: the running process uses another key",
+                        "restart clawgate after changing signing_key",
+                    )
+                )
     return sorted(out, key=lambda f: SEVERITIES.index(f.severity))
 
 
@@ -315,9 +437,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return 2
     findings = audit_config(snap, path)
     if args.deep:
-        findings += asyncio.run(deep_probe(
-            snap, base_url=args.base_url, upstream_probe=args.upstream_probe or (),
-            verify_tls=not args.insecure))
+        findings += asyncio.run(
+            deep_probe(
+                snap,
+                base_url=args.base_url,
+                upstream_probe=args.upstream_probe or (),
+                verify_tls=not args.insecure,
+            )
+        )
         findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     _print(findings, args.json)
     return 1 if any(f.severity == "high" for f in findings) else 0
@@ -326,14 +453,24 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def add_audit_command(sub: Any) -> None:
     p = sub.add_parser("audit", help="review a config (and with --deep the live deployment)")
     p.add_argument("--config", help="config file (default ./config.yaml or $CLAWGATE_CONFIG)")
-    p.add_argument("--deep", action="store_true",
-                   help="also probe the running deployment over the network")
-    p.add_argument("--base-url", help="where to connect for --deep, e.g. https://127.0.0.1:8443"
-                   " (default: each route's own from URL)")
-    p.add_argument("--upstream-probe", action="append", metavar="URL",
-                   help="an upstream address that must NOT answer from here (repeatable)")
-    p.add_argument("--insecure", action="store_true",
-                   help="--deep: accept any TLS certificate (self-signed test setups)")
+    p.add_argument(
+        "--deep", action="store_true", help="also probe the running deployment over the network"
+    )
+    p.add_argument(
+        "--base-url",
+        help="where to connect for --deep, e.g. https://127.0.0.1:8443"
+        " (default: each route's own from URL)",
+    )
+    p.add_argument(
+        "--upstream-probe",
+        action="append",
+        metavar="URL",
+        help="an upstream address that must NOT answer from here (repeatable)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="--deep: accept any TLS certificate (self-signed test setups)",
+    )
     p.add_argument("--json", action="store_true", help="findings as JSON")
     p.set_defaults(func=cmd_audit)
-

@@ -92,8 +92,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"(kid {snap.keys.signer.kid})"
     )
     if s.ignored_pomerium_keys():
-        print(f"  ignored:  {', '.join(s.ignored_pomerium_keys())} (Pomerium keys clawgate "
-              "does not need; safe to delete)")
+        print(
+            f"  ignored:  {', '.join(s.ignored_pomerium_keys())} (Pomerium keys clawgate "
+            "does not need; safe to delete)"
+        )
     print(f"  routes:   {len(snap.routes)}")
     for route in snap.routes:
         flags = [

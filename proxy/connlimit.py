@@ -315,10 +315,14 @@ def framing_refusal(request: web.BaseRequest) -> web.Response | None:
     version = request.version
     if version == (1, 1) or (version == (1, 0) and "Transfer-Encoding" not in request.headers):
         return None
-    log.info("request_rejected", reason="ambiguous_framing",
-             version=f"{version[0]}.{version[1]}")
-    resp = pages.error(request, 400, "Bad request", "clawgate could not accept this request.",
-                       error_code="ambiguous_framing")
+    log.info("request_rejected", reason="ambiguous_framing", version=f"{version[0]}.{version[1]}")
+    resp = pages.error(
+        request,
+        400,
+        "Bad request",
+        "clawgate could not accept this request.",
+        error_code="ambiguous_framing",
+    )
     resp.force_close()
     return resp
 

@@ -351,8 +351,9 @@ class UpstreamPool:
         if tls:
             ctx = self._verify if verify else self._no_verify
         conn = _Conn(self, key)
-        coro = loop.create_connection(lambda: conn, host, port, ssl=ctx,
-                                      server_hostname=host if tls else None)
+        coro = loop.create_connection(
+            lambda: conn, host, port, ssl=ctx, server_hostname=host if tls else None
+        )
         if connect_timeout:
             await asyncio.wait_for(coro, connect_timeout)
         else:
@@ -443,8 +444,13 @@ def _body_sent(task: asyncio.Task[None], conn: _Conn) -> None:
 
 
 async def _exchange(
-    request: web.Request, pool: UpstreamPool, up: UpstreamRequest, head_bytes: bytes,
-    key: PoolKey, body: bool, chunked: bool,
+    request: web.Request,
+    pool: UpstreamPool,
+    up: UpstreamRequest,
+    head_bytes: bytes,
+    key: PoolKey,
+    body: bool,
+    chunked: bool,
 ) -> tuple[_Conn, asyncio.Task[None] | None]:
     """Send the request; return once the response head is in (or raise UpstreamError)."""
     loop = pool.loop()
@@ -521,11 +527,7 @@ async def forward_fast(
             reason=conn.reason.decode("latin-1") or None,
             headers=_client_headers(conn, up.response_headers),
         )
-        if (
-            not conn.framed
-            and request.method != "HEAD"
-            and conn.status not in _NO_BODY_STATUS
-        ):
+        if not conn.framed and request.method != "HEAD" and conn.status not in _NO_BODY_STATUS:
             response.enable_chunked_encoding()
         if on_head is not None:
             on_head(response)

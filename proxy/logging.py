@@ -97,9 +97,7 @@ def _stdlib_json(event_dict: MutableMapping[str, Any]) -> bytes:
 if orjson is not None:
     _OPTIONS = orjson.OPT_NON_STR_KEYS
 
-    def render_json(
-        logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> bytes:
+    def render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> bytes:
         try:
             return orjson.dumps(event_dict, default=_fallback, option=_OPTIONS)
         except (TypeError, orjson.JSONEncodeError):
@@ -108,9 +106,7 @@ if orjson is not None:
 
 else:  # pragma: no cover
 
-    def render_json(
-        logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
-    ) -> bytes:
+    def render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> bytes:
         return _stdlib_json(event_dict)
 
 

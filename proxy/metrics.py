@@ -38,34 +38,66 @@ from prometheus_client import (
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Latency buckets from a cached decision (sub-millisecond) to a slow upstream.
-_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            10.0, 30.0)
+_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
-REQUESTS = Counter("clawgate_http_requests_total",
-                   "Requests answered, by route and status", ["route", "status"])
-REQUEST_SECONDS = Histogram("clawgate_http_request_duration_seconds",
-                            "Time from request to the end of the answer", ["route"],
-                            buckets=_BUCKETS)
-DECISIONS = Counter("clawgate_authorization_decisions_total",
-                    "Policy decisions on proxied requests, by result and kind of reason",
-                    ["result", "reason"])
-UPSTREAM_SECONDS = Histogram("clawgate_upstream_response_seconds",
-                             "Time until the upstream's response head", ["route"],
-                             buckets=_BUCKETS)
-UPSTREAM_ERRORS = Counter("clawgate_upstream_errors_total",
-                          "Upstream failures answered with 502/504", ["route", "reason"])
-WEBSOCKETS = Gauge("clawgate_websockets_active", "Proxied WebSockets open now",
-                   multiprocess_mode="livesum")
-IDP_CALLS = Counter("clawgate_idp_requests_total",
-                    "HTTP calls to the identity provider, by endpoint and outcome",
-                    ["endpoint", "outcome"])
-SESSION_REFRESHES = Counter("clawgate_session_refreshes_total",
-                            "Session refreshes with the identity provider", ["result"])
-CONFIG_RELOADS = Counter("clawgate_config_reloads_total",
-                         "Configuration reloads from disk", ["result"])
-CONFIG_GENERATION = Gauge("clawgate_config_generation",
-                          "Generation of the configuration in force (1 at start)",
-                          multiprocess_mode="max")
+REQUESTS = Counter(
+    "clawgate_http_requests_total", "Requests answered, by route and status", ["route", "status"]
+)
+REQUEST_SECONDS = Histogram(
+    "clawgate_http_request_duration_seconds",
+    "Time from request to the end of the answer",
+    ["route"],
+    buckets=_BUCKETS,
+)
+DECISIONS = Counter(
+    "clawgate_authorization_decisions_total",
+    "Policy decisions on proxied requests, by result and kind of reason",
+    ["result", "reason"],
+)
+UPSTREAM_SECONDS = Histogram(
+    "clawgate_upstream_response_seconds",
+    "Time until the upstream's response head",
+    ["route"],
+    buckets=_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "clawgate_upstream_errors_total", "Upstream failures answered with 502/504", ["route", "reason"]
+)
+WEBSOCKETS = Gauge(
+    "clawgate_websockets_active", "Proxied WebSockets open now", multiprocess_mode="livesum"
+)
+IDP_CALLS = Counter(
+    "clawgate_idp_requests_total",
+    "HTTP calls to the identity provider, by endpoint and outcome",
+    ["endpoint", "outcome"],
+)
+SESSION_REFRESHES = Counter(
+    "clawgate_session_refreshes_total", "Session refreshes with the identity provider", ["result"]
+)
+CONFIG_RELOADS = Counter(
+    "clawgate_config_reloads_total", "Configuration reloads from disk", ["result"]
+)
+CONFIG_GENERATION = Gauge(
+    "clawgate_config_generation",
+    "Generation of the configuration in force (1 at start)",
+    multiprocess_mode="max",
+)
 
 # Children cached by label values: .labels() takes a lock and builds a key every call.
 _request_children: dict[tuple[str, int], Any] = {}
@@ -160,8 +192,17 @@ def _endpoint(path: str) -> str:
     if path.endswith("/.well-known/openid-configuration"):
         return "discovery"
     last = path.rstrip("/").rsplit("/", 1)[-1].lower()
-    for name in ("token", "userinfo", "jwks", "certs", "keys", "revoke", "introspect",
-                 "end_session", "logout"):
+    for name in (
+        "token",
+        "userinfo",
+        "jwks",
+        "certs",
+        "keys",
+        "revoke",
+        "introspect",
+        "end_session",
+        "logout",
+    ):
         if name in last:
             return "jwks" if name in ("certs", "keys") else name
     return "other"
@@ -205,4 +246,3 @@ def metrics_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     return app
-

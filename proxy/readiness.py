@@ -37,9 +37,7 @@ class UpstreamProbe:
     async def _connect(self, target: Target) -> str | None:
         host, port = target
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), self._timeout
-            )
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self._timeout)
         except TimeoutError:
             return "connect timed out"
         except OSError as exc:
@@ -52,8 +50,11 @@ class UpstreamProbe:
     async def problems(self, targets: list[Target]) -> list[str]:
         async with self._lock:  # concurrent probes share one round of connects
             now = time.monotonic()
-            stale = [t for t in targets
-                     if t not in self._results or now - self._results[t][0] >= self._ttl]
+            stale = [
+                t
+                for t in targets
+                if t not in self._results or now - self._results[t][0] >= self._ttl
+            ]
             if stale:
                 outcomes = await asyncio.gather(*(self._connect(t) for t in stale))
                 checked = time.monotonic()

@@ -384,8 +384,9 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        await supervise(config_path, settings, _hosts_for_cert(snapshot), settings.workers,
-                        stop, ready)
+        await supervise(
+            config_path, settings, _hosts_for_cert(snapshot), settings.workers, stop, ready
+        )
         return
     first = worker in (None, 0)  # health and metrics listeners: one per instance
     if snapshot.keys.ephemeral_cookie_secret:
@@ -416,8 +417,9 @@ async def serve(
     # The identity provider gets its own client so its calls can be counted apart.
     idp_http = new_http_client(trace=[metrics.idp_trace()])
     oidc = make_oidc(settings, idp_http)
-    runtime = Runtime(snapshot=snapshot, http=http,
-                      oidc=instrument_oidc(oidc) if oidc is not None else None)
+    runtime = Runtime(
+        snapshot=snapshot, http=http, oidc=instrument_oidc(oidc) if oidc is not None else None
+    )
     metrics.CONFIG_GENERATION.set(snapshot.generation)
     peers = _join_peers(runtime)
     certs = (

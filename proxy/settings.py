@@ -379,8 +379,13 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     def ignored_pomerium_keys(self) -> list[str]:
-        keys = ("authenticate_service_url", "authenticate_callback_path", "idp_provider",
-                "shared_secret", "shared_secret_file")
+        keys = (
+            "authenticate_service_url",
+            "authenticate_callback_path",
+            "idp_provider",
+            "shared_secret",
+            "shared_secret_file",
+        )
         return [k for k in keys if getattr(self, k) is not None]
 
     def needs_idp(self) -> bool:

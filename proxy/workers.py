@@ -51,12 +51,18 @@ def _shared_environment(settings: Settings, hosts: list[str], private: Path) -> 
     env = dict(os.environ)
     if not settings.cookie_secret:
         env["CLAWGATE_COOKIE_SECRET"] = SessionCodec.new_secret()
-        log.warning("cookie_secret_generated", detail="no cookie_secret configured: sessions "
-                    "end at restart and replicas cannot share them. Set one (clawgate secret).")
+        log.warning(
+            "cookie_secret_generated",
+            detail="no cookie_secret configured: sessions "
+            "end at restart and replicas cannot share them. Set one (clawgate secret).",
+        )
     if settings.signing_key is None:
         env["CLAWGATE_SIGNING_KEY"] = generate_signing_key()
-        log.warning("signing_key_generated", detail="no signing_key configured: the identity "
-                    "assertion key changes at restart; replicas must share one (clawgate keygen).")
+        log.warning(
+            "signing_key_generated",
+            detail="no signing_key configured: the identity "
+            "assertion key changes at restart; replicas must share one (clawgate keygen).",
+        )
     if not settings.insecure_server and settings.certificate_file is None:
         made = generate_self_signed(hosts)
         cert, key = private / "cert.pem", private / "key.pem"
@@ -73,8 +79,14 @@ def _shared_environment(settings: Settings, hosts: list[str], private: Path) -> 
     return env
 
 
-async def supervise(config_path: Path, settings: Settings, hosts: list[str], count: int,
-                    stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+async def supervise(
+    config_path: Path,
+    settings: Settings,
+    hosts: list[str],
+    count: int,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+) -> None:
     """Run ``count`` workers until ``stop``; raises OSError if they cannot start."""
     private = Path(tempfile.mkdtemp(prefix="clawgate-workers-"))  # mode 0700
     env = _shared_environment(settings, hosts, private)
@@ -84,7 +96,12 @@ async def supervise(config_path: Path, settings: Settings, hosts: list[str], cou
 
     async def start(index: int) -> None:
         procs[index] = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path),
+            sys.executable,
+            "-m",
+            "proxy.cli",
+            "serve",
+            "--config",
+            str(config_path),
             env={**env, WORKER_ENV: str(index), PEERS_ENV: str(private)},
         )
         started[index] = time.monotonic()
