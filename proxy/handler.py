@@ -111,7 +111,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         request,
         host=request.host if route.settings.preserve_host_header else _authority(route.upstream),
         client_ip=ip,
-        scheme="https" if runtime.secure else request.scheme,
+        scheme=_client_scheme(runtime, request),
         strip=snap.identity_headers | route.remove_headers,
         cookie_prefix=snap.keys.cookie_name,
         set_headers=route.request_headers,
@@ -229,6 +229,18 @@ def _match_route(snap: Snapshot, host: str, path: str) -> Route | None:
         _route_cache.clear()
     _route_cache[key] = route
     return route
+
+
+def _client_scheme(runtime: Runtime, request: web.BaseRequest) -> str:
+    """The scheme the client used: https when clawgate terminates TLS; behind a trusted
+    TLS-terminating load balancer (insecure_server with xff_num_trusted_hops), what it says."""
+    if runtime.secure:
+        return "https"
+    if runtime.snapshot.settings.xff_num_trusted_hops > 0:
+        told = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+        if told in ("http", "https"):
+            return told
+    return request.scheme
 
 
 def _identity_headers(

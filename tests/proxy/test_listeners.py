@@ -72,3 +72,18 @@ async def test_insecure_server_serves_plain_http_without_secure_cookie_prefix(
         async with client.get(f"http://{health}/readyz") as r:
             assert r.status == 200
             assert (await r.json())["config_generation"] == 1
+
+
+async def test_behind_a_trusted_tls_load_balancer(upstream: Upstream, tmp_path: Path) -> None:
+    port = free_port()
+    config = base_config(port, upstream.url, idp=None, insecure_server=True,
+                         xff_num_trusted_hops=1,
+                         route={"policy": None, "allow_public_unauthenticated_access": True})
+    async with running_gate(config, tmp_path) as gate, aiohttp.ClientSession() as client:
+        async with client.get(f"http://127.0.0.1:{gate.port}/x", headers={
+            "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9, 198.51.100.7",
+        }) as r:
+            seen = await r.json()
+        # One trusted hop: the balancer's view of the client, and the scheme it terminated.
+        assert seen["headers"]["X-Forwarded-Proto"] == "https"
+        assert seen["headers"]["X-Forwarded-For"] == "198.51.100.7"
