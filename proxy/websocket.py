@@ -284,7 +284,11 @@ async def _pump(
                 code = msg.data if isinstance(msg.data, int) else WSCloseCode.OK
                 if code in _UNSENDABLE:
                     code = WSCloseCode.OK
-                if not dst.closed:
+                if src is conn.upstream:
+                    # The client's close goes through the relay task (see LiveConnection),
+                    # so a client that is not reading right now still gets this code.
+                    await conn.close(code, msg.extra or "")
+                elif not dst.closed:
                     await dst.close(code=code, message=(msg.extra or "").encode()[:120])
                 return
             elif kind is WSMsgType.ERROR:

@@ -92,3 +92,20 @@ async def test_ping_and_pong_frames_are_relayed(upstream: Upstream, tmp_path: Pa
         assert msg.type == aiohttp.WSMsgType.PONG
         assert msg.data == b"are-you-there"
         await ws.close()
+
+
+async def test_upstream_close_code_reaches_a_client_that_reads_late(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    from tests.support.gate import running_gate
+
+    port = free_port()
+    async with running_gate(base_config(port, upstream.url, idp=None, route=PUBLIC), tmp_path) as gate, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as client:
+        ws = await client.ws_connect(f"{gate.url}/ws")
+        await ws.send_str("close:4321")
+        await asyncio.sleep(1.0)  # the client is busy elsewhere while the close arrives
+        msg = await ws.receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4321
+        assert msg.extra == "bye"
