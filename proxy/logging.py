@@ -15,6 +15,8 @@ import atexit
 import contextvars
 import json
 import logging
+import os
+import select
 import sys
 import threading
 import time
@@ -110,6 +112,16 @@ else:  # pragma: no cover
         return _stdlib_json(event_dict)
 
 
+_ATOMIC_WRITE = select.PIPE_BUF
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 class LineWriter:
     """A structlog logger writing one line per call to a binary stream.
 
@@ -158,11 +170,30 @@ class LineWriter:
     def _write(self) -> None:
         if not self._pending:
             return
-        data = b"".join(self._pending)
-        self._pending.clear()
+        lines = self._pending
+        self._pending = []
         try:
-            self._stream.write(data)
+            fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            fd = None
+        try:
+            if fd is None:
+                self._stream.write(b"".join(lines))
+                self._stream.flush()
+                return
             self._stream.flush()
+            # Workers share one stderr: a write of at most PIPE_BUF bytes reaches a pipe in
+            # one piece, so whole lines are grouped up to that size and never split.
+            chunk: list[bytes] = []
+            size = 0
+            for line in lines:
+                if chunk and size + len(line) > _ATOMIC_WRITE:
+                    _write_all(fd, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                _write_all(fd, b"".join(chunk))
         except (OSError, ValueError):
             pass  # a closed or broken log stream must not fail the request that logs
 
