@@ -25,15 +25,25 @@ CLIENT_ID = "clawgate-test"
 CLIENT_SECRET = "clawgate-test-secret"
 
 
-def base_config(port: int, upstream_url: str, *, idp: TestIdP | None, **overrides: Any) -> dict[str, Any]:
+def base_config(
+    port: int, upstream_url: str, *, idp: TestIdP | None, **overrides: Any
+) -> dict[str, Any]:
     """A config with one route at https://127.0.0.1:<port> -> upstream_url."""
     route: dict[str, Any] = {
         "from": f"https://127.0.0.1:{port}",
         "to": upstream_url,
         "allow_websockets": True,
         "pass_identity_headers": True,
-        "policy": [{"allow": {"or": [{"email": {"is": "alice@example.com"}},
-                                      {"domain": {"is": "example.com"}}]}}],
+        "policy": [
+            {
+                "allow": {
+                    "or": [
+                        {"email": {"is": "alice@example.com"}},
+                        {"domain": {"is": "example.com"}},
+                    ]
+                }
+            }
+        ],
     }
     route.update(overrides.pop("route", {}))
     config: dict[str, Any] = {
@@ -57,8 +67,13 @@ def base_config(port: int, upstream_url: str, *, idp: TestIdP | None, **override
     return config
 
 
-def register_client(idp: TestIdP, port: int, client_id: str = CLIENT_ID,
-                    secret: str = CLIENT_SECRET, hosts: tuple[str, ...] = ("127.0.0.1",)) -> None:
+def register_client(
+    idp: TestIdP,
+    port: int,
+    client_id: str = CLIENT_ID,
+    secret: str = CLIENT_SECRET,
+    hosts: tuple[str, ...] = ("127.0.0.1",),
+) -> None:
     idp.add_client(
         client_id,
         secret,
@@ -95,8 +110,9 @@ class Gate:
             serve(self.path, ready=ready, stop=self._stop, install_signals=False)
         )
         waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=15,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, self._task}, timeout=15, return_when=asyncio.FIRST_COMPLETED
+        )
         if self._task in done:
             self._task.result()  # raises the start-up error
         if waiter not in done:
@@ -139,7 +155,8 @@ class GateProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy.cli", "serve", "--config", str(self.path)],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             cwd=Path(__file__).resolve().parents[2],
         )
         deadline = time.monotonic() + timeout

@@ -31,12 +31,13 @@ from dataclasses import asdict, dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from ssl import SSLContext
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import pytest
+
+from tests.support.lifecycle import StartStop
 
 IDP_DIR = Path(__file__).resolve().parent.parent / "idp"
 SERVER_SCRIPT = IDP_DIR / "server.mjs"
@@ -135,7 +136,7 @@ def ensure_node_modules() -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-class TestIdP:
+class TestIdP(StartStop):
     """One oidc-provider process on 127.0.0.1; see the module docstring."""
 
     __test__ = False
@@ -264,32 +265,6 @@ class TestIdP:
         if self._stderr_path is None or not self._stderr_path.exists():
             return ""
         return self._stderr_path.read_text(errors="replace")[-limit:]
-
-    def __enter__(self) -> TestIdP:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> TestIdP:
-        import asyncio
-
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.stop)
 
     # -- admin API ---------------------------------------------------------------------------
 

@@ -43,12 +43,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.support.lifecycle import StartStop
 
 __all__ = [
     "CONTROL_UI_CLIENT_ID",
@@ -167,7 +168,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class OpenClawGateway:
+class OpenClawGateway(StartStop):
     """One ``openclaw gateway run`` in trusted-proxy mode; see the module docstring.
 
     ``bind_host`` additionally exposes the gateway on that IPv4 address (OpenClaw's ``custom``
@@ -343,28 +344,6 @@ class OpenClawGateway:
     @property
     def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
-
-    def __enter__(self) -> OpenClawGateway:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> OpenClawGateway:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
     # internals --------------------------------------------------------------------------------
 

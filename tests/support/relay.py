@@ -40,7 +40,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.lifecycle import StartStop
 
 __all__ = ["RelayProcess", "RelayThread", "SeenRequest", "TcpRelay"]
 
@@ -156,7 +157,7 @@ def parse_requests(tape: bytes) -> list[SeenRequest]:
     return out
 
 
-class RelayThread:
+class RelayThread(StartStop):
     """A `TcpRelay` on its own event loop in a daemon thread (for sync fixtures and scripts).
 
     ``listen_port=0`` picks a free port; read it from `port` after `start`.
@@ -206,18 +207,6 @@ class RelayThread:
 
         tapes = asyncio.run_coroutine_threadsafe(snapshot(), self._loop).result(10)
         return [req for tape in tapes for req in parse_requests(tape)]
-
-    def __enter__(self) -> RelayThread:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class RelayProcess:
     """``python -m tests.support.relay`` run under ``prefix`` (e.g. ``ip netns exec NAME``)."""

@@ -43,7 +43,11 @@ def build_upstream(seen: Seen) -> web.Application:
         return web.json_response(record)
 
     async def websocket(request: web.Request) -> web.WebSocketResponse:
-        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
         ws = web.WebSocketResponse(protocols=protocols[:1], autoping=True)
         await ws.prepare(request)
         async for msg in ws:
