@@ -48,7 +48,6 @@ __all__ = [
     "GuardedSite",
     "Limits",
     "framing_refusal",
-    "strict_framing",
 ]
 
 
@@ -325,15 +324,6 @@ def framing_refusal(request: web.BaseRequest) -> web.Response | None:
     )
     resp.force_close()
     return resp
-
-
-@web.middleware
-async def strict_framing(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """:func:`framing_refusal` as a middleware."""
-    refused = framing_refusal(request)
-    return refused if refused is not None else await handler(request)
 
 
 class GuardedSite(web.TCPSite):

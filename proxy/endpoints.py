@@ -6,6 +6,7 @@ them ever redirects to another host.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import time
@@ -395,6 +396,4 @@ ENDPOINTS: dict[str, Handler] = {
 
 
 def _short(value: str) -> str:
-    import hashlib
-
     return hashlib.sha256(value.encode()).hexdigest()[:12]

@@ -9,7 +9,7 @@ sent: they are removed and, where clawgate vouches for them, set fresh.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -221,7 +221,3 @@ async def forward_http(
         return response
     finally:
         await ctx.__aexit__(None, None, None)
-
-
-def header_names(names: Iterable[str]) -> frozenset[str]:
-    return frozenset(n.lower() for n in names)

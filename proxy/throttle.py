@@ -5,7 +5,7 @@ Public surface:
 - :class:`Throttle`: the limiters for the ``rate_limits`` setting in force (rebuilt when
   a reload changes it), with ``check_ip`` and ``check_user``.
 - :data:`THROTTLE`: where the server app keeps its :class:`Throttle`.
-- :func:`throttle_middleware`: per client IP, separately for the sign-in endpoints
+- :func:`ip_refusal`: per client IP, separately for the sign-in endpoints
   (``sign_in_per_ip``) and everything else (``proxy_per_ip``).
 - :func:`limit_user`: the per-user check for proxied traffic (``proxy_per_user``),
   called once the session is known.
@@ -18,7 +18,6 @@ one a forged X-Forwarded-For changes nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -37,7 +36,6 @@ __all__ = [
     "Throttle",
     "ip_refusal",
     "limit_user",
-    "throttle_middleware",
 ]
 
 SIGN_IN_PATHS = frozenset({"/.clawgate/sign_in", "/.clawgate/callback"})
@@ -105,7 +103,7 @@ def _is_sign_in(raw_path: str) -> bool:
 
 
 def ip_refusal(request: web.Request) -> web.Response | None:
-    """The per-IP check of :func:`throttle_middleware`: a 429, or None to go on."""
+    """The per-IP check, called by the request middleware (proxy/server.py): a 429, or None."""
     raw_path = request.raw_path.partition("?")[0]
     if raw_path in _EXEMPT:
         return None
@@ -120,14 +118,6 @@ def ip_refusal(request: web.Request) -> web.Response | None:
         if wait > 0:
             return too_many(request, wait, "sign_in_per_ip" if sign_in else "proxy_per_ip")
     return None
-
-
-@web.middleware
-async def throttle_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    refused = ip_refusal(request)
-    return refused if refused is not None else await handler(request)
 
 
 def limit_user(request: web.Request, user: str) -> web.Response | None:
