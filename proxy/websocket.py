@@ -64,6 +64,8 @@ class LiveConnection:
     close_reason: str = ""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     close_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by a relay that closes from callbacks rather than from a task of its own.
+    closer: Callable[[int, str], None] | None = None
 
     @property
     def sid(self) -> str | None:
@@ -82,7 +84,10 @@ class LiveConnection:
             return
         self.closing = True
         self.close_code, self.close_reason = code, reason
-        self.close_requested.set()
+        if self.closer is not None:
+            self.closer(code, reason)
+        else:
+            self.close_requested.set()
 
 
 class ConnectionRegistry:
