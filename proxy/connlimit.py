@@ -64,10 +64,16 @@ def _plain(status: str, body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-_REFUSED = _plain(
+REFUSED = _plain(
     "503 Service Unavailable", b"too many connections from your address\n", b"Retry-After: 5\r\n"
 )
-_TIMED_OUT = _plain("408 Request Timeout", b"the request took too long\n")
+TIMED_OUT = _plain("408 Request Timeout", b"the request took too long\n")
+
+
+# aiohttp's parser limits for the listener; big enough for a chunked session cookie
+# beside the upstream's own cookies.
+MAX_FIELD_SIZE = 32 * 1024
+MAX_LINE_SIZE = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -163,12 +169,21 @@ class GuardedHandler(RequestHandler):
                 self._refused = True
                 self._guard.refusals.refused(key, limits.max_connections_per_ip)
                 assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(_REFUSED)
+                transport.write(REFUSED)
                 transport.close()
                 return
             self._key = key
         super().connection_made(transport)
         self._arm_head(self._loop.time())
+
+    def adopt(self, transport: asyncio.Transport, data: bytes, key: str | None) -> None:
+        """Take over a connection the front (proxy/front.py) accepted, with the bytes of
+        the request it left unread; ``key`` is its slot in the per-IP count."""
+        self._key = key
+        super().connection_made(transport)
+        self._arm_head(self._loop.time())
+        if data:
+            self.data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused:
@@ -257,7 +272,7 @@ class GuardedHandler(RequestHandler):
     def _abort(self, *, send_408: bool) -> None:
         transport = self.transport
         if transport is not None and send_408 and not transport.is_closing():
-            transport.write(_TIMED_OUT)
+            transport.write(TIMED_OUT)
         self.force_close()
 
     # -- malformed requests ----------------------------------------------------------
@@ -329,13 +344,21 @@ def framing_refusal(request: web.BaseRequest) -> web.Response | None:
 class GuardedSite(web.TCPSite):
     """``web.TCPSite`` serving :class:`GuardedHandler` connections."""
 
-    __slots__ = ("_guard",)
+    __slots__ = ("_front", "_guard")
 
     def __init__(
-        self, runner: web.BaseRunner, host: str | None, port: int, *, guard: Guard, **kwargs: Any
+        self,
+        runner: web.BaseRunner,
+        host: str | None,
+        port: int,
+        *,
+        guard: Guard,
+        front: Callable[[Callable[[], GuardedHandler]], Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(runner, host, port, **kwargs)
         self._guard = guard
+        self._front = front
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -349,9 +372,15 @@ class GuardedSite(web.TCPSite):
         def factory() -> GuardedHandler:
             return GuardedHandler(server, guard=guard, loop=loop, **handler_kwargs)
 
+        # With a front (proxy/front.py) connections start there and come to the
+        # factory's handler only when the front hands them over.
+        front = self._front(factory) if self._front is not None else None
+        protocol: Callable[[], asyncio.BaseProtocol] = (
+            front.protocol if front is not None else factory
+        )
         header_timeout = guard.limits().header_timeout
         self._server = await loop.create_server(
-            factory,
+            protocol,
             self._host,
             self._port,
             ssl=self._ssl_context,

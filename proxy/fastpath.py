@@ -28,7 +28,7 @@ import collections
 import functools
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httptools
@@ -388,9 +388,10 @@ class UpstreamPool:
 UPSTREAM_POOL = web.AppKey("upstream_pool", UpstreamPool)
 
 
-def _serialize(method: str, up: UpstreamRequest, framing: str) -> bytes:
-    lines = [f"{method} {up.url.raw_path_qs} HTTP/1.1"]
-    lines.extend(f"{k}: {v}" for k, v in up.headers.items())
+def serialize_head(method: str, target: str, headers: CIMultiDict[str], framing: str) -> bytes:
+    """A request head for the upstream; refuses (502) a value that would split it."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines.extend(f"{k}: {v}" for k, v in headers.items())
     if framing:
         lines.append(framing)
     text = "\r\n".join(lines) + "\r\n\r\n"
@@ -400,9 +401,13 @@ def _serialize(method: str, up: UpstreamRequest, framing: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _client_headers(conn: _Conn, extra: Any) -> CIMultiDict[str]:
+def upstream_response_headers(
+    raw: list[tuple[bytes, bytes]], extra: Mapping[str, str]
+) -> CIMultiDict[str]:
+    """The upstream's response headers for the client: hop-by-hop ones (and those its
+    ``Connection`` names) dropped, ``extra`` set unless it is a default the upstream
+    already chose for itself (as in forward.py)."""
     drop: frozenset[str] | set[str] = HOP_BY_HOP
-    raw = conn.headers
     for name, value in raw:
         if name.lower() == b"connection":
             drop = set(drop)
@@ -413,10 +418,10 @@ def _client_headers(conn: _Conn, extra: Any) -> CIMultiDict[str]:
         key = name.decode("utf-8", "surrogateescape")
         if key.lower() not in drop:
             add(key, value.decode("utf-8", "surrogateescape"))
-    for name, value in extra.items():
-        if DEFAULT_RESPONSE_HEADERS.get(name) == value and name in out:
-            continue  # as in forward.py: a default never overrides the upstream's own choice
-        out[name] = value
+    for header, text in extra.items():
+        if DEFAULT_RESPONSE_HEADERS.get(header) == text and header in out:
+            continue
+        out[header] = text
     return out
 
 
@@ -518,14 +523,14 @@ async def forward_fast(
         framing = "Transfer-Encoding: chunked"
     else:
         framing = ""
-    head_bytes = _serialize(request.method, up, framing)
+    head_bytes = serialize_head(request.method, up.url.raw_path_qs, up.headers, framing)
     conn, sender = await _exchange(request, pool, up, head_bytes, key, body, chunked)
     released = False
     try:
         response = web.StreamResponse(
             status=conn.status,
             reason=conn.reason.decode("latin-1") or None,
-            headers=_client_headers(conn, up.response_headers),
+            headers=upstream_response_headers(conn.headers, up.response_headers),
         )
         if not conn.framed and request.method != "HEAD" and conn.status not in _NO_BODY_STATUS:
             response.enable_chunked_encoding()

@@ -88,7 +88,7 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
-def connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+def connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Headers the client named in ``Connection`` are hop-by-hop too (RFC 9110 7.6.1)."""
     tokens: set[str] = set()
     for value in headers.getall("Connection", ()):
@@ -107,8 +107,9 @@ def strip_cookies(header: str, drop_prefix: str) -> str:
 
 
 def upstream_headers(
-    request: web.BaseRequest,
+    headers: CIMultiDictProxy[str] | CIMultiDict[str],
     *,
+    request_host: str,
     host: str,
     client_ip: str,
     scheme: str,
@@ -119,10 +120,10 @@ def upstream_headers(
     websocket: bool,
 ) -> CIMultiDict[str]:
     """The header set the upstream receives. ``strip`` lists identity header names
-    (lower case)."""
-    drop = HOP_BY_HOP | ATTRIBUTION_HEADERS | strip | connection_tokens(request.headers)
+    (lower case); ``request_host`` is the Host the client sent."""
+    drop = HOP_BY_HOP | ATTRIBUTION_HEADERS | strip | connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
+    for name, value in headers.items():
         key = name.lower()
         if key in drop or key == "host":
             continue
@@ -140,7 +141,7 @@ def upstream_headers(
     out["Host"] = host
     out["X-Forwarded-For"] = client_ip
     out["X-Forwarded-Proto"] = scheme
-    out["X-Forwarded-Host"] = request.host
+    out["X-Forwarded-Host"] = request_host
     for name, value in set_headers.items():
         out[name] = value
     for name, value in identity.items():

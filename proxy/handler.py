@@ -63,7 +63,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return _not_found(request, rid)
         request[ROUTE_NAME] = route_name
         return await endpoint(runtime, request, route_name)
-    route = _match_route(snap, request.host, path)
+    route = match_route(snap, request.host, path)
     if route is None:
         return _not_found(request, rid)
     request[ROUTE_NAME] = route.name
@@ -105,17 +105,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
         apply_cookies(denied, snap.settings, resolved, max_age)
         return denied
-    target = _upstream_url(route, path, query)
+    target = upstream_url(route, path, query)
     websocket = is_websocket_upgrade(request)
     headers = upstream_headers(
-        request,
-        host=request.host if route.settings.preserve_host_header else _authority(route.upstream),
+        request.headers,
+        request_host=request.host,
+        host=request.host if route.settings.preserve_host_header else authority(route.upstream),
         client_ip=ip,
-        scheme=_client_scheme(runtime, request),
+        scheme=client_scheme(runtime, request.headers.get("X-Forwarded-Proto", ""), request.scheme),
         strip=snap.identity_headers | route.remove_headers,
         cookie_prefix=snap.keys.cookie_name,
         set_headers=route.request_headers,
-        identity=_identity_headers(snap, route, session, request),
+        identity=identity_headers(snap, route, session, request_host(request)),
         websocket=websocket,
     )
     if rid:
@@ -212,7 +213,7 @@ _route_cache: dict[tuple[str, str], Route | None] = {}
 _ROUTE_CACHE_MAX = 4096
 
 
-def _match_route(snap: Snapshot, host: str, path: str) -> Route | None:
+def match_route(snap: Snapshot, host: str, path: str) -> Route | None:
     table = snap.table
     if _routes_for[0] is not table:
         _route_cache.clear()
@@ -231,28 +232,31 @@ def _match_route(snap: Snapshot, host: str, path: str) -> Route | None:
     return route
 
 
-def _client_scheme(runtime: Runtime, request: web.BaseRequest) -> str:
+def client_scheme(runtime: Runtime, forwarded_proto: str, transport_scheme: str) -> str:
     """The scheme the client used: https when clawgate terminates TLS; behind a trusted
-    TLS-terminating load balancer (insecure_server with xff_num_trusted_hops), what it says."""
+    TLS-terminating load balancer (insecure_server with xff_num_trusted_hops), what it
+    says in ``forwarded_proto``; else the scheme of the connection itself."""
     if runtime.secure:
         return "https"
     if runtime.snapshot.settings.xff_num_trusted_hops > 0:
-        told = request.headers.get("X-Forwarded-Proto", "").strip().lower()
+        told = forwarded_proto.strip().lower()
         if told in ("http", "https"):
             return told
-    return request.scheme
+    return transport_scheme
 
 
-def _identity_headers(
-    snap: Snapshot, route: Route, session: Session | None, request: web.BaseRequest
+def identity_headers(
+    snap: Snapshot, route: Route, session: Session | None, audience: str
 ) -> dict[str, str]:
+    """The assertion and claim headers for ``route``; ``audience`` is the session host
+    form of the request's Host (lower case, no :443)."""
     if not route.pass_identity:
         return {}
     settings = snap.settings
     out: dict[str, str] = {}
     if session is not None:
         out[settings.jwt_assertion_header] = snap.keys.signer.sign(
-            session, audience=request_host(request), now=int(time.time())
+            session, audience=audience, now=int(time.time())
         )
     else:
         out[settings.jwt_assertion_header] = ""
@@ -278,7 +282,7 @@ def _claim_value(session: Session, claim: str) -> str:
     return "" if any(c in text for c in "\r\n\x00") else text
 
 
-def _authority(url: URL) -> str:
+def authority(url: URL) -> str:
     host = url.raw_host or ""
     if ":" in host:
         host = f"[{host}]"
@@ -287,16 +291,20 @@ def _authority(url: URL) -> str:
     return host
 
 
-def _upstream_url(route: Route, path: str, query: str) -> URL:
+def upstream_target(route: Route, path: str, query: str) -> str:
+    """Path and query the upstream receives: the checked path (prefix rewritten) under
+    the upstream URL's own path."""
     settings = route.settings
     if settings.prefix_rewrite is not None and settings.prefix is not None:
         path = rewrite_path(path, settings.prefix, settings.prefix_rewrite)
+    target = route.upstream.raw_path.rstrip("/") + path
+    return f"{target}?{query}" if query else target
+
+
+def upstream_url(route: Route, path: str, query: str) -> URL:
     base = route.upstream
-    base_path = base.raw_path.rstrip("/")
-    full = f"{base.scheme}://{_authority(base)}{base_path}{path}"
-    if query:
-        full += f"?{query}"
-    return URL(full, encoded=True)
+    target = upstream_target(route, path, query)
+    return URL(f"{base.scheme}://{authority(base)}{target}", encoded=True)
 
 
 def _not_found(request: web.Request, rid: str | None) -> web.Response:

@@ -79,6 +79,13 @@ UPSTREAM_SECONDS = Histogram(
 UPSTREAM_ERRORS = Counter(
     "clawgate_upstream_errors_total", "Upstream failures answered with 502/504", ["route", "reason"]
 )
+FAST_PATH = Counter(
+    "clawgate_fast_path_requests_total",
+    "Requests the front (proxy/front.py) forwarded itself, and those it handed to the full handler",
+    ["outcome"],
+)
+_FAST_SERVED = FAST_PATH.labels("served")
+_FAST_HANDED = FAST_PATH.labels("handed_off")
 WEBSOCKETS = Gauge(
     "clawgate_websockets_active", "Proxied WebSockets open now", multiprocess_mode="livesum"
 )
@@ -165,6 +172,10 @@ def observe_upstream(route: str, seconds: float) -> None:
 def upstream_error(route: str, reason: str) -> None:
     # "upstream_error:ClientOSError" -> "upstream_error": the type names are unbounded.
     UPSTREAM_ERRORS.labels(route, reason.split(":", 1)[0]).inc()
+
+
+def fast_path(served: bool) -> None:
+    (_FAST_SERVED if served else _FAST_HANDED).inc()
 
 
 def websocket_opened() -> None:

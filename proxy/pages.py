@@ -40,10 +40,13 @@ SIGN_OUT_PATH = "/.clawgate/sign_out"
 
 def wants_html(request: web.BaseRequest) -> bool:
     """Browsers navigating ask for text/html; fetch/XHR and API clients do not."""
-    accept = request.headers.get("Accept", "")
-    if "text/html" in accept:
+    return prefers_html(request.headers)
+
+
+def prefers_html(headers: Mapping[str, str]) -> bool:
+    if "text/html" in headers.get("Accept", ""):
         return True
-    return request.headers.get("Sec-Fetch-Mode") == "navigate"
+    return headers.get("Sec-Fetch-Mode") == "navigate"
 
 
 def _page(title: str, body: str, request_id: str | None) -> str:
@@ -102,12 +105,40 @@ def error(
     headers: Mapping[str, str] | None = None,
     reason: str | None = None,
 ) -> web.Response:
+    """:func:`error_page` for ``request``."""
+    return error_page(
+        wants_html(request),
+        status,
+        title,
+        detail,
+        error_code=error_code,
+        request_id=request_id,
+        user=user,
+        csrf=csrf,
+        headers=headers,
+        reason=reason,
+    )
+
+
+def error_page(
+    html_page: bool,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    error_code: str,
+    request_id: str | None = None,
+    user: str | None = None,
+    csrf: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    reason: str | None = None,
+) -> web.Response:
     """An error as a small HTML page or, for non-browser clients, JSON.
 
     ``reason`` is the policy decision's explanation (which rule decided, or that none
     matched): it names criteria, never another user's data.
     """
-    if wants_html(request):
+    if html_page:
         body = f"<p>{html.escape(detail)}</p>"
         if reason is not None:
             body += f'<p class="muted">Decision: <code>{html.escape(reason)}</code></p>'

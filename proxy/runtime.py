@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,15 +70,21 @@ def client_ip(request: web.BaseRequest, trusted_hops: int) -> str:
     address = peer[0] if isinstance(peer, tuple) and peer else "0.0.0.0"  # noqa: S104
     if trusted_hops <= 0:
         return str(address)
-    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", ()) for h in v.split(",")]
+    forwarded = request.headers.getall("X-Forwarded-For", ())
+    return forwarded_client(str(address), forwarded, trusted_hops)
+
+
+def forwarded_client(address: str, forwarded_for: Iterable[str], trusted_hops: int) -> str:
+    """The address the ``trusted_hops``-th proxy from the right saw, else ``address``."""
+    hops = [h.strip() for v in forwarded_for for h in v.split(",")]
     hops = [h for h in hops if h]
     if len(hops) < trusted_hops:
-        return str(address)
+        return address
     candidate = hops[-trusted_hops]
     try:
         return str(ipaddress.ip_address(candidate))
     except ValueError:
-        return str(address)
+        return address
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import secrets
 import signal
 import socket
 import time
@@ -19,14 +18,24 @@ import structlog
 from aiohttp import web
 
 from proxy import metrics, pages
-from proxy.connlimit import Guard, GuardedSite, Limits, framing_refusal
+from proxy.connlimit import (
+    MAX_FIELD_SIZE,
+    MAX_LINE_SIZE,
+    Guard,
+    GuardedHandler,
+    GuardedSite,
+    Limits,
+    framing_refusal,
+)
 from proxy.fastpath import UPSTREAM_POOL, UpstreamPool
+from proxy.front import FRONTS, Front
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
 from proxy.oidc import OidcClient, OidcError
 from proxy.peers import PEERS_ENV, Peers
 from proxy.policy_watch import reauthorize_connections
 from proxy.readiness import UpstreamProbe, upstream_targets
+from proxy.requestid import request_id
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime
 from proxy.settings import ConfigError, Settings, load_settings, parse_listen_address
 from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys
@@ -36,34 +45,6 @@ from proxy.websocket import GOING_AWAY
 from proxy.workers import supervise, worker_index
 
 log = structlog.get_logger("clawgate.server")
-
-# Big enough for a chunked session cookie beside the upstream's own cookies.
-MAX_FIELD_SIZE = 32 * 1024
-MAX_LINE_SIZE = 16 * 1024
-
-
-class _RandomIds:
-    """16 hex digits from the OS's CSPRNG, drawn 512 ids at a time (one syscall)."""
-
-    def __init__(self) -> None:
-        self._pool = ""
-
-    def next(self) -> str:
-        if not self._pool:
-            self._pool = secrets.token_hex(4096)
-        rid, self._pool = self._pool[:16], self._pool[16:]
-        return rid
-
-
-_RANDOM_IDS = _RandomIds()
-
-
-def _request_id(request: web.BaseRequest, trust: bool) -> str:
-    if trust:
-        given = request.headers.get("X-Request-Id", "")
-        if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
-            return given
-    return _RANDOM_IDS.next()
 
 
 @web.middleware
@@ -75,7 +56,7 @@ async def access_log(
     rate limit (proxy/throttle.py), called directly rather than as middlewares of their
     own to save two coroutine layers per request."""
     runtime: Runtime = request.app[RUNTIME]
-    rid = _request_id(request, runtime.snapshot.settings.xff_num_trusted_hops > 0)
+    rid = request_id(request.headers, runtime.snapshot.settings.xff_num_trusted_hops > 0)
     request[REQUEST_ID] = rid
     # Every log line written while this request runs carries its id (tasks it starts too).
     bound = structlog.contextvars.bind_contextvars(request_id=rid)
@@ -142,11 +123,17 @@ def build_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
     app[THROTTLE] = Throttle()
     app[UPSTREAM_POOL] = pool = UpstreamPool()
+    app[FRONTS] = []
     app.router.add_route("*", "/{tail:.*}", handle)
 
     async def on_shutdown(app: web.Application) -> None:
         runtime.draining = True
-        await runtime.registry.close_all(GOING_AWAY, "server shutting down")
+        drain = runtime.snapshot.settings.shutdown_timeout
+        # Both at once: in-flight responses finish while WebSockets are told to go away.
+        await asyncio.gather(
+            runtime.registry.close_all(GOING_AWAY, "server shutting down"),
+            *(front.shutdown(drain) for front in app[FRONTS]),
+        )
 
     async def on_cleanup(app: web.Application) -> None:
         await pool.close()
@@ -448,11 +435,27 @@ async def serve(
         runners.append(main)
         host, port = parse_listen_address(settings.address)
         guard = Guard(lambda: connection_limits(runtime))
+        app = main.app
+
+        def front(fallback: Callable[[], GuardedHandler]) -> Front | None:
+            if not settings.fast_path:
+                return None
+            made = Front(
+                runtime,
+                app[THROTTLE],
+                guard,
+                fallback,
+                scheme="http" if settings.insecure_server else "https",
+            )
+            app[FRONTS].append(made)
+            return made
+
         site = GuardedSite(
             main,
             host or None,
             port,
             guard=guard,
+            front=front,
             ssl_context=certs.context if certs else None,
             reuse_port=settings.workers > 1,
             backlog=1024,

@@ -205,6 +205,8 @@ class Settings(BaseSettings):
     xff_num_trusted_hops: int = Field(default=0, ge=0)
     default_upstream_timeout: float = 30.0
     experimental_fast_upstream: bool = False  # proxy/fastpath.py instead of aiohttp client
+    # Ordinary proxied requests served by proxy/front.py, the rest by aiohttp.
+    fast_path: bool = True
 
     # Identity provider
     idp_provider_url: str | None = None

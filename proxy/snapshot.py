@@ -44,6 +44,7 @@ RESTART_KEYS = (
     "health_address",
     "metrics_address",
     "workers",
+    "fast_path",
     "idp_provider_url",
     "idp_client_id",
     "idp_client_secret",

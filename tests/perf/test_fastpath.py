@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.fastpath import UpstreamPool, _serialize, forward_fast
+from proxy.fastpath import UpstreamPool, forward_fast, serialize_head
 from proxy.forward import UpstreamError, UpstreamRequest
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -349,10 +349,11 @@ def test_header_values_cannot_split_the_request() -> None:
         up = UpstreamRequest(url=URL("http://u/"), headers=CIMultiDict({name: value}),
                              timeout=None, idle_timeout=None, response_headers={}, ssl=True)
         with pytest.raises(UpstreamError):
-            _serialize("GET", up, "")
+            serialize_head("GET", up.url.raw_path_qs, up.headers, "")
     fine = UpstreamRequest(url=URL("http://u/p?q=1"), headers=CIMultiDict(Host="u"),
                            timeout=None, idle_timeout=None, response_headers={}, ssl=True)
-    assert _serialize("GET", fine, "") == b"GET /p?q=1 HTTP/1.1\r\nHost: u\r\n\r\n"
+    serialized = serialize_head("GET", fine.url.raw_path_qs, fine.headers, "")
+    assert serialized == b"GET /p?q=1 HTTP/1.1\r\nHost: u\r\n\r\n"
 
 
 def _closed_port() -> int:

@@ -1,0 +1,32 @@
+"""Request ids: taken from a trusted hop, else 16 hex digits from the OS's CSPRNG."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+
+
+class _RandomIds:
+    """Ids drawn 512 at a time (one getrandom call for all of them)."""
+
+    def __init__(self) -> None:
+        self._pool = ""
+
+    def next(self) -> str:
+        if not self._pool:
+            self._pool = secrets.token_hex(4096)
+        rid, self._pool = self._pool[:16], self._pool[16:]
+        return rid
+
+
+_RANDOM_IDS = _RandomIds()
+
+
+def request_id(headers: Mapping[str, str], trust: bool) -> str:
+    """The id for a request: the ``X-Request-Id`` a trusted hop sent when it is short
+    and printable, otherwise a fresh random one."""
+    if trust:
+        given = headers.get("X-Request-Id", "")
+        if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
+            return given
+    return _RANDOM_IDS.next()

@@ -1,0 +1,302 @@
+"""The front (proxy/front.py): ordinary proxied requests served from the connection,
+everything else handed to the full handler on the same connection, same rules both ways.
+
+Requests go over raw TLS sockets where the bytes on the wire matter (pipelining, a
+hand-over in the middle of a keep-alive connection), and a scripted raw upstream
+produces framings aiohttp would not (no length, a connection closed under a pooled
+request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from proxy.session import Session
+from proxy.settings import load_settings
+from proxy.snapshot import build_snapshot
+from tests.perf.test_operations import scrape
+from tests.support.gate import Gate, base_config, running_gate
+from tests.support.upstream import Upstream, free_port
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def mint_cookie(gate: Gate, email: str = "alice@example.com") -> str:
+    """A signed-in session sealed with the gate's own cookie_secret."""
+    settings, located = load_settings(gate.path)
+    snap = build_snapshot(settings, located, str(gate.path))
+    now = int(time.time())
+    session = Session.create(
+        sub="sub-" + email, email=email, email_verified=True, groups=["staff"],
+        claims={"name": "Test"}, host=f"127.0.0.1:{gate.port}", now=now, lifetime=3600,
+        refresh_at=now + 1800, refresh_token=None, id_token=None,
+    )
+    return "; ".join(f"{n}={v}" for n, v in snap.keys.codec.encode(session))
+
+
+def insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def fast_path_counts(metrics_port: int) -> dict[str, float]:
+    text = await scrape(metrics_port)
+    found = re.findall(r'clawgate_fast_path_requests_total\{outcome="(\w+)"\} ([0-9.e+]+)', text)
+    return {k: float(v) for k, v in found}
+
+
+async def read_responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """``count`` HTTP/1.1 responses (Content-Length or chunked) from ``reader``."""
+    out = []
+    for _ in range(count):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                k, v = line.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+        body = b""
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+        out.append((status, headers, body))
+    return out
+
+
+def get(path: str, port: int, cookie: str | None, extra: str = "") -> bytes:
+    head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: application/json\r\n"
+    if cookie:
+        head += f"Cookie: other=1; {cookie}\r\n"
+    return (head + extra + "\r\n").encode()
+
+
+@contextlib.asynccontextmanager
+async def gate_with_metrics(upstream_url: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Gate, int]]:
+    metrics_port = free_port()
+    # Sessions are minted here, so the identity provider is never called: a closed port.
+    config = base_config(free_port(), upstream_url, idp=None,
+                         metrics_address=f"127.0.0.1:{metrics_port}",
+                         idp_provider_url=f"http://127.0.0.1:{free_port()}",
+                         idp_client_id="clawgate", idp_client_secret="unused", **overrides)
+    async with running_gate(config, tmp_path) as gate:
+        yield gate, metrics_port
+
+
+async def test_signed_in_requests_take_the_fast_path_with_every_header_rule(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    async with gate_with_metrics(upstream.url, tmp_path) as (gate, metrics_port):
+        before = await fast_path_counts(metrics_port)
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/a/b?x=1", gate.port, cookie,
+                         "X-Forwarded-For: 6.6.6.6\r\nX-Pomerium-Jwt-Assertion: forged\r\n"))
+        [(status, headers, body)] = await read_responses(reader, 1)
+        writer.close()
+        assert status == 200
+        seen = json.loads(body)
+        sent = {k.lower(): v for k, v in seen["headers"].items()}
+        assert seen["path"] == "/a/b?x=1"
+        assert sent["x-forwarded-for"] == "127.0.0.1"
+        assert sent["x-forwarded-proto"] == "https"
+        assert sent["x-forwarded-host"] == f"127.0.0.1:{gate.port}"
+        assert sent["x-pomerium-jwt-assertion"].count(".") == 2  # ours, not the forged one
+        assert sent["x-pomerium-claim-email"] == "alice@example.com"
+        assert sent["cookie"] == "other=1"  # clawgate's cookie never reaches the upstream
+        assert re.fullmatch(r"[0-9a-f]{16}", sent["x-request-id"])
+        assert headers["x-request-id"] == sent["x-request-id"]
+        assert "max-age" in headers["strict-transport-security"]
+        assert headers["x-content-type-options"] == "nosniff"
+        after = await fast_path_counts(metrics_port)
+        assert after.get("served", 0) - before.get("served", 0) == 1
+        assert after.get("handed_off", 0) == before.get("handed_off", 0)
+
+
+async def test_pipelined_requests_are_answered_in_order(upstream: Upstream, tmp_path: Path) -> None:
+    async with gate_with_metrics(upstream.url, tmp_path) as (gate, _):
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(b"".join(get(f"/p{i}", gate.port, cookie) for i in range(5)))
+        responses = await read_responses(reader, 5)
+        writer.close()
+        assert [json.loads(b)["path"] for _, _, b in responses] == [f"/p{i}" for i in range(5)]
+
+
+async def test_a_request_the_front_cannot_decide_goes_to_the_handler_on_the_same_connection(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    async with gate_with_metrics(upstream.url, tmp_path) as (gate, metrics_port):
+        cookie = mint_cookie(gate)
+        outsider = mint_cookie(gate, "mallory@evil.test")
+        before = await fast_path_counts(metrics_port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/one", gate.port, cookie))  # fast
+        writer.write(get("/two", gate.port, outsider))  # denied: the handler's 403
+        writer.write(get("/three", gate.port, cookie))  # the handler owns the connection now
+        (s1, _, b1), (s2, h2, b2), (s3, _, b3) = await read_responses(reader, 3)
+        writer.close()
+        assert (s1, json.loads(b1)["path"]) == (200, "/one")
+        assert s2 == 403 and json.loads(b2)["error"] == "forbidden" and "x-request-id" in h2
+        assert (s3, json.loads(b3)["path"]) == (200, "/three")
+        after = await fast_path_counts(metrics_port)
+        assert after["served"] - before.get("served", 0) == 1
+        assert after["handed_off"] - before.get("handed_off", 0) == 1
+        assert [r["path"] for r in upstream.seen.requests] == ["/one", "/three"]
+
+
+async def test_uploads_stream_and_head_has_no_body(upstream: Upstream, tmp_path: Path) -> None:
+    async with gate_with_metrics(upstream.url, tmp_path) as (gate, metrics_port):
+        before = await fast_path_counts(metrics_port)  # counters are per process
+        cookie = mint_cookie(gate)
+        size = 3 * 1024 * 1024 + 7
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as client:
+            headers = {"Cookie": cookie}
+            async with client.post(f"{gate.url}/upload", data=b"u" * size, headers=headers) as r:
+                assert r.status == 200 and (await r.json())["received"] == size
+            async with client.head(f"{gate.url}/download/12345", headers=headers) as r:
+                assert r.status == 200 and r.headers["Content-Length"] == "12345"
+                assert await r.read() == b""
+            async with client.get(f"{gate.url}/download/2000000", headers=headers) as r:
+                assert len(await r.read()) == 2000000
+        after = await fast_path_counts(metrics_port)
+        assert after["served"] - before.get("served", 0) == 3
+        assert after.get("handed_off", 0) == before.get("handed_off", 0)
+
+
+class RawUpstream:
+    """A scripted upstream: ``script`` serves each connection; connections are counted."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self.script(reader, writer)
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def __aenter__(self) -> RawUpstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+
+async def test_upstream_framings_reach_the_client_intact(tmp_path: Path) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            if head.startswith(b"GET /eof"):
+                # No length and not chunked: the body ends when the connection does.
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"e" * 70000)
+                await w.drain()
+                return
+            if head.startswith(b"GET /chunked"):
+                w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            elif head.startswith(b"GET /early"):
+                w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+                        b"HTTP/1.1 204 No Content\r\n\r\n")
+            await w.drain()
+
+    async with RawUpstream(script) as raw, gate_with_metrics(raw.url, tmp_path) as (gate, _):
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/chunked", gate.port, cookie) + get("/early", gate.port, cookie)
+                     + get("/eof", gate.port, cookie))
+        (s1, h1, b1), (s2, _, b2), (s3, h3, b3) = await read_responses(reader, 3)
+        writer.close()
+        assert (s1, b1, h1["transfer-encoding"]) == (200, b"hello world", "chunked")
+        assert (s2, b2) == (204, b"")
+        assert (s3, b3, h3["transfer-encoding"]) == (200, b"e" * 70000, "chunked")
+
+
+async def test_a_pooled_connection_the_upstream_closed_is_retried_for_get(tmp_path: Path) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce")
+        await w.drain()
+        await r.read(1)  # the next request's first byte, then hang up unanswered
+
+    async with RawUpstream(script) as raw, gate_with_metrics(raw.url, tmp_path) as (gate, _):
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/1", gate.port, cookie))
+        [(s1, _, b1)] = await read_responses(reader, 1)
+        writer.write(get("/2", gate.port, cookie))
+        [(s2, _, b2)] = await read_responses(reader, 1)
+        writer.close()
+        assert (s1, b1, s2, b2) == (200, b"once", 200, b"once")
+        assert raw.connections == 2
+
+
+async def test_upstream_failures_are_pages_with_the_request_id(tmp_path: Path) -> None:
+    async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+
+    async def dies_mid_body(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"p" * 1000)
+        await w.drain()
+        w.transport.abort()
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with gate_with_metrics(dead, tmp_path) as (gate, _):
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/x", gate.port, cookie))
+        [(status, headers, body)] = await read_responses(reader, 1)
+        writer.write(get("/y", gate.port, cookie))  # the connection stays usable
+        [(again, _, _)] = await read_responses(reader, 1)
+        writer.close()
+        page = json.loads(body)
+        assert status == 502 and page["error"] == "upstream_unavailable" and again == 502
+        assert page["request_id"] == headers["x-request-id"]
+    async with RawUpstream(silent) as raw, gate_with_metrics(
+        raw.url, tmp_path, route={"timeout": "0.5s"}
+    ) as (gate, _):
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/slow", gate.port, cookie))
+        [(status, _, body)] = await read_responses(reader, 1)
+        writer.close()
+        assert status == 504 and json.loads(body)["error"] == "upstream_timeout"
+    async with RawUpstream(dies_mid_body) as raw, gate_with_metrics(raw.url, tmp_path) as (gate, _):
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/cut", gate.port, cookie))
+        head = await reader.readuntil(b"\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)  # EOF: the cut reaches the client
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200") and len(rest) < 100000
