@@ -2,13 +2,14 @@
 from the connection's protocol callbacks; everything else goes to aiohttp unchanged.
 
 Every accepted connection starts as a :class:`FrontConnection`. For each request head
-it asks :func:`plan` whether the request is an ordinary, already-decidable proxied one:
-HTTP/1.1, a plain method, no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``, a safe
-path outside ``/.clawgate``, a session cookie that opens without a refresh, a route
-whose policy allows the user, and room in the rate limits. If so, the request goes
-over a pooled keep-alive upstream connection (:class:`UpstreamLink`, llhttp through
-httptools) and the answer is relayed as it arrives: no task, future or request object
-per request, the response head written from the upstream's parsed header list.
+it asks :func:`proxy.exchange.plan` whether the request is an ordinary proxied one
+that can be decided at once: HTTP/1.1, a plain method, no ``Transfer-Encoding``,
+``Expect`` or ``Upgrade``, a safe path outside ``/.clawgate``, a session cookie that
+opens without a refresh, a route whose policy allows the user, and room in the rate
+limits. If so, the request goes over a pooled keep-alive upstream connection
+(proxy/upstream_link.py, llhttp through httptools) and the answer is relayed as it
+arrives: no task, future or request object per request, the response head written
+from the upstream's parsed header list.
 
 The first request that is anything else (not signed in, denied, a sign-in step, a
 refresh due, a chunked upload, a malformed or oversized head, a shutdown under way)
@@ -18,536 +19,44 @@ proxy/connlimit.py), which runs proxy/handler.py as it always did. So the front 
 decides anything but "forward"; every page, redirect and refusal comes from one code
 path. The only responses of its own are 502/504 pages when the upstream fails before
 answering, built by proxy/pages.py like the handler's.
-
-What :func:`plan` checks mirrors proxy/handler.py and the request middleware in
-proxy/server.py (same helpers, same order of effects): request id, per-IP and per-user
-rate limits, route, session, decision, the decision and access log lines, metrics,
-and the upstream header set of proxy/forward.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
 
-import httptools
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from policy.model import RequestFacts
-from policy.paths import UnsafePathError, normalize_path
 from proxy import metrics, pages
-from proxy.connlimit import MAX_FIELD_SIZE, MAX_LINE_SIZE, REFUSED, TIMED_OUT, Guard, GuardedHandler
-from proxy.endpoints import JWKS_PATH
-from proxy.fastpath import serialize_head, upstream_response_headers
-from proxy.forward import UpstreamError, upstream_headers
-from proxy.handler import (
-    authority,
-    client_scheme,
-    identity_headers,
-    match_route,
-    upstream_target,
-)
-from proxy.identity import _sealed_with_old_secret, to_identity
+from proxy.connlimit import REFUSED, TIMED_OUT, Guard, GuardedHandler
+from proxy.exchange import Exchange, plan
+from proxy.fastpath import upstream_response_headers
+from proxy.forward import UpstreamError
 from proxy.ratelimit import address_key
-from proxy.requestid import request_id
-from proxy.runtime import Runtime, forwarded_client
-from proxy.session import SessionError, parse_cookie_header
-from proxy.snapshot import HSTS, Route
+from proxy.runtime import Runtime
+from proxy.snapshot import HSTS
 from proxy.throttle import Throttle
+from proxy.upstream_link import LinkPool, UpstreamLink
 
 log = structlog.get_logger("clawgate.proxy")
 
-_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 _RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
-# aiohttp's own limits for the listener (proxy/server.py): a head that would meet one
-# of them goes to aiohttp so the answer (414, 431) is the same as ever.
+# aiohttp's limits for the listener are within this: a longer head goes to the handler,
+# whose answer (414, 431) stays the same as ever.
 _MAX_HEAD = 64 * 1024
-_MAX_HEADERS = 100
 # Pipelined bytes waiting behind a request in progress, and an upload waiting for its
 # upstream connection: reading pauses above this.
 _HIGH_WATER = 256 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
-PoolKey = tuple[str, int, bool, bool]
-
 # Deadline kinds of the client side timer.
 _HEAD, _IDLE, _READ = 1, 2, 3
-
-
-class _Head:
-    """llhttp callbacks for one request head."""
-
-    __slots__ = ("headers", "url")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-
-class Exchange:
-    """A request :func:`plan` accepted: what to send upstream and what to log."""
-
-    __slots__ = (
-        "body_left",
-        "close_after",
-        "head_bytes",
-        "headers",
-        "host",
-        "idle_timeout",
-        "key",
-        "method",
-        "path",
-        "response_headers",
-        "rid",
-        "route",
-        "timeout",
-        "user",
-    )
-
-    def __init__(
-        self,
-        *,
-        route: Route,
-        rid: str,
-        method: str,
-        host: str,
-        path: str,
-        user: str | None,
-        headers: CIMultiDict[str],
-        head_bytes: bytes,
-        key: PoolKey,
-        body_left: int,
-        close_after: bool,
-    ) -> None:
-        self.route = route
-        self.rid = rid
-        self.method = method
-        self.host = host
-        self.path = path
-        self.user = user
-        self.headers = headers
-        self.head_bytes = head_bytes
-        self.key = key
-        self.body_left = body_left
-        self.close_after = close_after
-        self.response_headers = route.response_headers
-        self.timeout = route.timeout
-        self.idle_timeout = route.idle_timeout
-
-
-def _pool_key(route: Route) -> PoolKey:
-    up = route.upstream
-    tls = up.scheme == "https"
-    return (
-        up.raw_host or "",
-        up.port or (443 if tls else 80),
-        tls,
-        not route.settings.tls_skip_verify,
-    )
-
-
-def plan(
-    runtime: Runtime,
-    throttle: Throttle,
-    head_bytes: bytes,
-    peer_ip: str,
-    transport_scheme: str,
-) -> Exchange | None:
-    """The exchange for this request head, or None when aiohttp's handler must take it.
-
-    None never has an effect: nothing is logged, counted or charged before the last
-    check has passed (a rate limit refusal charges nothing the handler will not charge
-    again when it refuses the same request).
-    """
-    if runtime.draining:
-        return None
-    head = _Head()
-    parser = httptools.HttpRequestParser(head)
-    try:
-        parser.feed_data(head_bytes)
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-        return None
-    if parser.get_http_version() != "1.1":
-        return None
-    method_b = parser.get_method()
-    if method_b not in _METHODS:
-        return None
-    url = head.url
-    if not url.startswith(b"/") or b"#" in url or len(url) > MAX_LINE_SIZE:
-        return None
-    raw = head.headers
-    if len(raw) > _MAX_HEADERS:
-        return None
-    host_b: bytes | None = None
-    cookie_b = b""
-    length: int | None = None
-    close_after = False
-    for name, value in raw:
-        if len(name) + len(value) > MAX_FIELD_SIZE:
-            return None
-        lname = name.lower()
-        if lname == b"host":
-            if host_b is not None:
-                return None
-            host_b = value
-        elif lname == b"cookie":
-            if cookie_b:
-                return None
-            cookie_b = value
-        elif lname == b"content-length":
-            if length is not None or not value.isdigit():
-                return None
-            length = int(value)
-        elif lname in (b"transfer-encoding", b"expect", b"upgrade"):
-            return None
-        elif lname == b"connection":
-            tokens = value.lower()
-            if b"upgrade" in tokens:
-                return None
-            if b"close" in tokens:
-                close_after = True
-    if not host_b:
-        return None
-    raw_target = url.decode("utf-8", "surrogateescape")
-    raw_path, _, query = raw_target.partition("?")
-    try:
-        path = normalize_path(raw_path)
-    except UnsafePathError:
-        return None
-    if path == "/ping" or path.startswith("/.clawgate") or path == JWKS_PATH:
-        return None
-    snap = runtime.snapshot
-    settings = snap.settings
-    host = host_b.decode("utf-8", "surrogateescape")
-    route = match_route(snap, host, path)
-    if route is None:
-        return None
-    now = int(time.time())
-    codec = snap.keys.codec
-    cookies = parse_cookie_header(cookie_b.decode("utf-8", "surrogateescape"), codec.cookie_name)
-    audience = host.lower()
-    if audience.endswith(":443"):
-        audience = audience[:-4]
-    try:
-        session = codec.decode(cookies, host="" if settings.cookie_domain else audience, now=now)
-    except SessionError:
-        return None
-    if session is not None and (
-        session.sid in runtime.revoked
-        or session.needs_refresh(now)
-        or _sealed_with_old_secret(snap, cookies, session, now)
-    ):
-        return None
-    headers: CIMultiDict[str] = CIMultiDict(
-        [
-            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for n, v in raw
-        ]
-    )
-    hops = settings.xff_num_trusted_hops
-    ip = (
-        peer_ip
-        if hops <= 0
-        else forwarded_client(peer_ip, headers.getall("X-Forwarded-For", ()), hops)
-    )
-    identity = to_identity(session, settings.idp_groups_claim) if session is not None else None
-    method = method_b.decode()
-    decision = route.policy.decide(RequestFacts(method, path, ip, datetime.now(UTC)), identity)
-    if not decision.allow:
-        return None
-    throttle.configure(settings.rate_limits)
-    clock = time.monotonic()
-    if throttle.proxy_ip is not None and throttle.check_ip(False, ip, clock) > 0:
-        return None
-    if (
-        session is not None
-        and throttle.proxy_user is not None
-        and throttle.check_user(session.sub, clock) > 0
-    ):
-        return None
-
-    # Committed: from here on this request is the front's.
-    rid = request_id(headers, hops > 0)
-    user = (session.email or session.sub) if session is not None else None
-    metrics.observe_decision(True, decision.reason)
-    log.info(
-        "authorization",
-        request_id=rid,
-        allow=True,
-        reason=decision.reason,
-        route=route.name,
-        user=user,
-        method=method,
-        path=path,
-    )
-    out = upstream_headers(
-        headers,
-        request_host=host,
-        host=host if route.settings.preserve_host_header else authority(route.upstream),
-        client_ip=ip,
-        scheme=client_scheme(runtime, headers.get("X-Forwarded-Proto", ""), transport_scheme),
-        strip=snap.identity_headers | route.remove_headers,
-        cookie_prefix=snap.keys.cookie_name,
-        set_headers=route.request_headers,
-        identity=identity_headers(snap, route, session, audience),
-        websocket=False,
-    )
-    out["X-Request-Id"] = rid
-    try:
-        request_head = serialize_head(method, upstream_target(route, path, query), out, "")
-    except UpstreamError:
-        request_head = b""  # a header value that cannot be sent: answered with a 502
-    return Exchange(
-        route=route,
-        rid=rid,
-        method=method,
-        host=host,
-        path=path,
-        user=user,
-        headers=headers,
-        head_bytes=request_head,
-        key=_pool_key(route),
-        body_left=length or 0,
-        close_after=close_after,
-    )
-
-
-class UpstreamLink(asyncio.Protocol):
-    """One keep-alive connection to an upstream; parses responses as they arrive and
-    hands every piece to the :class:`FrontConnection` it currently serves."""
-
-    __slots__ = (
-        "broken",
-        "chunked_out",
-        "closed",
-        "complete",
-        "got_bytes",
-        "head_done",
-        "headers",
-        "idle_since",
-        "interim",
-        "keep_alive",
-        "key",
-        "out",
-        "owner",
-        "parser",
-        "paused",
-        "pool",
-        "reason",
-        "reused",
-        "skip_body",
-        "status",
-        "transport",
-        "until_eof",
-    )
-
-    def __init__(self, pool: LinkPool, key: PoolKey) -> None:
-        self.pool = pool
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.parser: Any = httptools.HttpResponseParser(self)
-        self.owner: FrontConnection | None = None
-        self.closed = False
-        self.reused = False
-        self.idle_since = 0.0
-        self.paused = False
-        self.out: list[bytes] = []
-        self.reset(False)
-
-    def reset(self, skip_body: bool) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_done = False
-        self.interim = False
-        self.skip_body = skip_body
-        self.chunked_out = False
-        self.until_eof = False
-        self.complete = False
-        self.keep_alive = False
-        self.got_bytes = False
-        self.broken = False
-
-    @property
-    def reusable(self) -> bool:
-        return self.complete and self.keep_alive and not self.broken and not self.closed
-
-    def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
-
-    # -- asyncio ------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        owner = self.owner
-        if owner is None:
-            self.broken = True  # bytes nobody asked for: out of step, never reuse
-            self.close()
-            return
-        self.got_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            owner.upstream_failed(UpstreamError(502, "upstream_error:unexpected_upgrade"))
-            return
-        except httptools.HttpParserError as exc:
-            owner.upstream_failed(UpstreamError(502, f"upstream_error:{type(exc).__name__}"))
-            return
-        owner.upstream_progress(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.pool.forget(self)
-        owner = self.owner
-        if owner is not None:
-            owner.upstream_lost(self)
-
-    def pause_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.pause_client_reading(1)
-
-    def resume_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.resume_client_reading(1)
-
-    # -- llhttp ---------------------------------------------------------------------------
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.head_done:  # trailers arrive here too; they are dropped
-            self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if 100 <= status < 200:
-            self.interim = True  # 100 Continue, 103 Early Hints: not relayed
-            return
-        self.status = status
-        self.head_done = True
-        if self.owner is not None:
-            self.owner.response_head(self)
-        if self.skip_body:
-            # Whatever length a HEAD response announces, no body follows; llhttp cannot
-            # be told so, hence no reuse of this connection afterwards.
-            self.complete = True
-            self.keep_alive = False
-
-    def on_body(self, data: bytes) -> None:
-        if self.skip_body:
-            self.broken = True
-            return
-        if self.chunked_out:
-            self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
-            self.out.append(data)
-
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            self.headers = []
-            self.reason = b""
-            return
-        if self.skip_body:
-            return
-        if self.chunked_out:
-            self.out.append(b"0\r\n\r\n")
-        self.complete = True
-        self.keep_alive = bool(self.parser.should_keep_alive())
-
-
-class LinkPool:
-    """Idle upstream connections per (host, port, TLS, verify), most recent first.
-
-    ``idle_seconds`` stays below common upstream keep-alive timeouts (Node's is 5 s) so
-    a request rarely meets a connection the upstream is closing; an idempotent request
-    that does is retried once on a new connection.
-    """
-
-    def __init__(self, *, max_idle_per_key: int = 256, idle_seconds: float = 4.0) -> None:
-        self._idle: dict[PoolKey, list[UpstreamLink]] = {}
-        self._max_idle = max_idle_per_key
-        self._idle_seconds = idle_seconds
-        self._verify = ssl.create_default_context()
-        self._no_verify = ssl.create_default_context()
-        self._no_verify.check_hostname = False
-        self._no_verify.verify_mode = ssl.CERT_NONE
-        self.closing = False
-
-    def take(self, key: PoolKey) -> UpstreamLink | None:
-        stack = self._idle.get(key)
-        if not stack:
-            return None
-        now = time.monotonic()
-        while stack:
-            link = stack.pop()
-            if not link.closed and now - link.idle_since < self._idle_seconds:
-                link.reused = True
-                return link
-            link.close()
-        return None
-
-    async def connect(self, key: PoolKey) -> UpstreamLink:
-        host, port, tls, verify = key
-        loop = asyncio.get_running_loop()
-        link = UpstreamLink(self, key)
-        ctx = (self._verify if verify else self._no_verify) if tls else None
-        await loop.create_connection(
-            lambda: link, host, port, ssl=ctx, server_hostname=host if tls else None
-        )
-        return link
-
-    def release(self, link: UpstreamLink) -> None:
-        link.owner = None
-        if not link.reusable or self.closing:
-            link.close()
-            return
-        stack = self._idle.setdefault(link.key, [])
-        if len(stack) >= self._max_idle:
-            link.close()
-            return
-        if link.paused and link.transport is not None:
-            link.paused = False
-            link.transport.resume_reading()
-        link.idle_since = time.monotonic()
-        link.out.clear()
-        link.reset(False)
-        stack.append(link)
-
-    def forget(self, link: UpstreamLink) -> None:
-        stack = self._idle.get(link.key)
-        if stack and link in stack:
-            stack.remove(link)
-
-    def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
-
-    def close(self) -> None:
-        self.closing = True
-        for stack in self._idle.values():
-            for link in stack:
-                link.close()
-        self._idle.clear()
 
 
 class Front:

@@ -1,0 +1,291 @@
+"""Which requests the front (proxy/front.py) may serve itself, and what it then sends.
+
+:func:`plan` reads one request head and answers with an :class:`Exchange` (the
+upstream request head, the route, what to log) when the request is an ordinary,
+already-decidable proxied one, or None when the full handler (proxy/handler.py) must
+take it. It mirrors the handler and the request middleware in proxy/server.py, calling
+the same helpers in the same order of effects: request id, per-IP and per-user rate
+limits, route, session, decision, the decision log line, metrics, and the upstream
+header set of proxy/forward.py. It keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import httptools
+import structlog
+from multidict import CIMultiDict
+
+from policy.model import RequestFacts
+from policy.paths import UnsafePathError, normalize_path
+from proxy import metrics
+from proxy.connlimit import MAX_FIELD_SIZE, MAX_LINE_SIZE
+from proxy.endpoints import JWKS_PATH
+from proxy.fastpath import serialize_head
+from proxy.forward import UpstreamError, upstream_headers
+from proxy.handler import (
+    authority,
+    client_scheme,
+    identity_headers,
+    match_route,
+    upstream_target,
+)
+from proxy.identity import _sealed_with_old_secret, to_identity
+from proxy.requestid import request_id
+from proxy.runtime import Runtime, forwarded_client
+from proxy.session import SessionError, parse_cookie_header
+from proxy.snapshot import Route
+from proxy.throttle import Throttle
+from proxy.upstream_link import PoolKey
+
+log = structlog.get_logger("clawgate.proxy")
+
+_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
+# aiohttp's own limit on the number of headers is higher; past this the handler decides.
+_MAX_HEADERS = 100
+
+
+class _Head:
+    """llhttp callbacks for one request head."""
+
+    __slots__ = ("headers", "url")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+class Exchange:
+    """A request :func:`plan` accepted: what to send upstream and what to log."""
+
+    __slots__ = (
+        "body_left",
+        "close_after",
+        "head_bytes",
+        "headers",
+        "host",
+        "idle_timeout",
+        "key",
+        "method",
+        "path",
+        "response_headers",
+        "rid",
+        "route",
+        "timeout",
+        "user",
+    )
+
+    def __init__(
+        self,
+        *,
+        route: Route,
+        rid: str,
+        method: str,
+        host: str,
+        path: str,
+        user: str | None,
+        headers: CIMultiDict[str],
+        head_bytes: bytes,
+        key: PoolKey,
+        body_left: int,
+        close_after: bool,
+    ) -> None:
+        self.route = route
+        self.rid = rid
+        self.method = method
+        self.host = host
+        self.path = path
+        self.user = user
+        self.headers = headers
+        self.head_bytes = head_bytes
+        self.key = key
+        self.body_left = body_left
+        self.close_after = close_after
+        self.response_headers = route.response_headers
+        self.timeout = route.timeout
+        self.idle_timeout = route.idle_timeout
+
+
+def pool_key(route: Route) -> PoolKey:
+    up = route.upstream
+    tls = up.scheme == "https"
+    return (
+        up.raw_host or "",
+        up.port or (443 if tls else 80),
+        tls,
+        not route.settings.tls_skip_verify,
+    )
+
+
+def plan(
+    runtime: Runtime,
+    throttle: Throttle,
+    head_bytes: bytes,
+    peer_ip: str,
+    transport_scheme: str,
+) -> Exchange | None:
+    """The exchange for this request head, or None when aiohttp's handler must take it.
+
+    None never has an effect: nothing is logged, counted or charged before the last
+    check has passed (a rate limit refusal charges nothing the handler will not charge
+    again when it refuses the same request).
+    """
+    if runtime.draining:
+        return None
+    head = _Head()
+    parser = httptools.HttpRequestParser(head)
+    try:
+        parser.feed_data(head_bytes)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return None
+    if parser.get_http_version() != "1.1":
+        return None
+    method_b = parser.get_method()
+    if method_b not in _METHODS:
+        return None
+    url = head.url
+    if not url.startswith(b"/") or b"#" in url or len(url) > MAX_LINE_SIZE:
+        return None
+    raw = head.headers
+    if len(raw) > _MAX_HEADERS:
+        return None
+    host_b: bytes | None = None
+    cookie_b = b""
+    length: int | None = None
+    close_after = False
+    for name, value in raw:
+        if len(name) + len(value) > MAX_FIELD_SIZE:
+            return None
+        lname = name.lower()
+        if lname == b"host":
+            if host_b is not None:
+                return None
+            host_b = value
+        elif lname == b"cookie":
+            if cookie_b:
+                return None
+            cookie_b = value
+        elif lname == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif lname in (b"transfer-encoding", b"expect", b"upgrade"):
+            return None
+        elif lname == b"connection":
+            tokens = value.lower()
+            if b"upgrade" in tokens:
+                return None
+            if b"close" in tokens:
+                close_after = True
+    if not host_b:
+        return None
+    raw_target = url.decode("utf-8", "surrogateescape")
+    raw_path, _, query = raw_target.partition("?")
+    try:
+        path = normalize_path(raw_path)
+    except UnsafePathError:
+        return None
+    if path == "/ping" or path.startswith("/.clawgate") or path == JWKS_PATH:
+        return None
+    snap = runtime.snapshot
+    settings = snap.settings
+    host = host_b.decode("utf-8", "surrogateescape")
+    route = match_route(snap, host, path)
+    if route is None:
+        return None
+    now = int(time.time())
+    codec = snap.keys.codec
+    cookies = parse_cookie_header(cookie_b.decode("utf-8", "surrogateescape"), codec.cookie_name)
+    audience = host.lower()
+    if audience.endswith(":443"):
+        audience = audience[:-4]
+    try:
+        session = codec.decode(cookies, host="" if settings.cookie_domain else audience, now=now)
+    except SessionError:
+        return None
+    if session is not None and (
+        session.sid in runtime.revoked
+        or session.needs_refresh(now)
+        or _sealed_with_old_secret(snap, cookies, session, now)
+    ):
+        return None
+    headers: CIMultiDict[str] = CIMultiDict(
+        [
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for n, v in raw
+        ]
+    )
+    hops = settings.xff_num_trusted_hops
+    ip = (
+        peer_ip
+        if hops <= 0
+        else forwarded_client(peer_ip, headers.getall("X-Forwarded-For", ()), hops)
+    )
+    identity = to_identity(session, settings.idp_groups_claim) if session is not None else None
+    method = method_b.decode()
+    decision = route.policy.decide(RequestFacts(method, path, ip, datetime.now(UTC)), identity)
+    if not decision.allow:
+        return None
+    throttle.configure(settings.rate_limits)
+    clock = time.monotonic()
+    if throttle.proxy_ip is not None and throttle.check_ip(False, ip, clock) > 0:
+        return None
+    if (
+        session is not None
+        and throttle.proxy_user is not None
+        and throttle.check_user(session.sub, clock) > 0
+    ):
+        return None
+
+    # Committed: from here on this request is the front's.
+    rid = request_id(headers, hops > 0)
+    user = (session.email or session.sub) if session is not None else None
+    metrics.observe_decision(True, decision.reason)
+    log.info(
+        "authorization",
+        request_id=rid,
+        allow=True,
+        reason=decision.reason,
+        route=route.name,
+        user=user,
+        method=method,
+        path=path,
+    )
+    out = upstream_headers(
+        headers,
+        request_host=host,
+        host=host if route.settings.preserve_host_header else authority(route.upstream),
+        client_ip=ip,
+        scheme=client_scheme(runtime, headers.get("X-Forwarded-Proto", ""), transport_scheme),
+        strip=snap.identity_headers | route.remove_headers,
+        cookie_prefix=snap.keys.cookie_name,
+        set_headers=route.request_headers,
+        identity=identity_headers(snap, route, session, audience),
+        websocket=False,
+    )
+    out["X-Request-Id"] = rid
+    try:
+        request_head = serialize_head(method, upstream_target(route, path, query), out, "")
+    except UpstreamError:
+        request_head = b""  # a header value that cannot be sent: answered with a 502
+    return Exchange(
+        route=route,
+        rid=rid,
+        method=method,
+        host=host,
+        path=path,
+        user=user,
+        headers=headers,
+        head_bytes=request_head,
+        key=pool_key(route),
+        body_left=length or 0,
+        close_after=close_after,
+    )
