@@ -21,6 +21,7 @@ import hashlib
 import os
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 import structlog
@@ -170,6 +171,8 @@ class FrameTracker:
             if b0 & 0x70 or (b1 & 0x80) != self._mask or not 0 < opcode < 3 or b0 < 0x80:
                 self._check(data, pos, b0, b1, opcode, length)
             elif length > self._max:
+                if length >> 63:
+                    self._fail(data, pos, PROTOCOL_ERROR, "invalid frame length")
                 self._fail(data, pos, MESSAGE_TOO_BIG, "frame too big")
             elif self._frag:
                 self._fail(data, pos, PROTOCOL_ERROR, "message interleaved with a fragmented one")
@@ -296,8 +299,8 @@ class HandshakeProtocol(asyncio.Protocol):
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -805,6 +808,9 @@ class RawRelay:
         self._registry.discard(self._conn)
         self._conn.closer = None
         self._conn.closed.set()
+        done, self._conn.on_closed = self._conn.on_closed, None
+        if done is not None:
+            done()
 
     # timers: one per relay, first for idleness, then as the closing deadline
 
