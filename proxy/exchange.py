@@ -11,6 +11,7 @@ header set of proxy/forward.py. It keeps no state between calls.
 
 from __future__ import annotations
 
+import base64
 import time
 from datetime import UTC, datetime
 
@@ -18,7 +19,8 @@ import httptools
 import structlog
 from multidict import CIMultiDict
 
-from policy.model import RequestFacts
+from policy.engine import Policy
+from policy.model import Decision, Identity, RequestFacts
 from policy.paths import UnsafePathError, normalize_path
 from proxy import metrics
 from proxy.connlimit import MAX_FIELD_SIZE, MAX_LINE_SIZE
@@ -35,8 +37,8 @@ from proxy.handler import (
 from proxy.identity import _sealed_with_old_secret, to_identity
 from proxy.requestid import request_id
 from proxy.runtime import Runtime, forwarded_client
-from proxy.session import SessionError, parse_cookie_header
-from proxy.snapshot import Route
+from proxy.session import Session, SessionCodec, SessionError, parse_cookie_header
+from proxy.snapshot import Route, Snapshot
 from proxy.throttle import Throttle
 from proxy.upstream_link import PoolKey
 
@@ -68,6 +70,7 @@ class Exchange:
 
     __slots__ = (
         "body_left",
+        "client_ip",
         "close_after",
         "head_bytes",
         "headers",
@@ -79,8 +82,11 @@ class Exchange:
         "response_headers",
         "rid",
         "route",
+        "session",
         "timeout",
         "user",
+        "websocket",
+        "ws_key",
     )
 
     def __init__(
@@ -97,6 +103,9 @@ class Exchange:
         key: PoolKey,
         body_left: int,
         close_after: bool,
+        session: Session | None = None,
+        client_ip: str = "",
+        ws_key: str | None = None,
     ) -> None:
         self.route = route
         self.rid = rid
@@ -104,6 +113,11 @@ class Exchange:
         self.host = host
         self.path = path
         self.user = user
+        self.session = session
+        self.client_ip = client_ip
+        # A WebSocket upgrade: relayed raw (proxy/wsrelay.py) once the upstream agrees.
+        self.websocket = ws_key is not None
+        self.ws_key = ws_key
         self.headers = headers
         self.head_bytes = head_bytes
         self.key = key
@@ -142,9 +156,12 @@ def plan(
         return None
     head = _Head()
     parser = httptools.HttpRequestParser(head)
+    upgrade = False
     try:
         parser.feed_data(head_bytes)
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+    except httptools.HttpParserUpgrade:
+        upgrade = True  # llhttp stops after the head of an Upgrade request
+    except httptools.HttpParserError:
         return None
     if parser.get_http_version() != "1.1":
         return None
@@ -161,6 +178,8 @@ def plan(
     cookie_b = b""
     length: int | None = None
     close_after = False
+    ws_key: str | None = None
+    origin: str | None = None
     for name, value in raw:
         if len(name) + len(value) > MAX_FIELD_SIZE:
             return None
@@ -177,16 +196,30 @@ def plan(
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
-        elif lname in (b"transfer-encoding", b"expect", b"upgrade"):
+        elif lname in (b"transfer-encoding", b"expect"):
             return None
+        elif lname == b"upgrade":
+            if value.strip().lower() != b"websocket" or not upgrade:
+                return None
+        elif lname == b"sec-websocket-key":
+            if ws_key is not None:
+                return None
+            ws_key = value.decode("latin-1")
+        elif lname == b"sec-websocket-version":
+            if value.strip() != b"13":
+                return None
+        elif lname == b"origin":
+            origin = value.decode("utf-8", "surrogateescape")
         elif lname == b"connection":
             tokens = value.lower()
-            if b"upgrade" in tokens:
-                return None
             if b"close" in tokens:
                 close_after = True
     if not host_b:
         return None
+    if upgrade and (method_b != b"GET" or length is not None or not _valid_key(ws_key)):
+        return None
+    if not upgrade:
+        ws_key = None
     raw_target = url.decode("utf-8", "surrogateescape")
     raw_path, _, query = raw_target.partition("?")
     try:
@@ -201,21 +234,20 @@ def plan(
     route = match_route(snap, host, path)
     if route is None:
         return None
+    if upgrade and (
+        not route.settings.allow_websockets
+        or (origin is not None and origin not in route.allowed_origins)
+    ):
+        return None  # the handler's 403 pages (cross-site WebSocket hijacking included)
     now = int(time.time())
-    codec = snap.keys.codec
-    cookies = parse_cookie_header(cookie_b.decode("utf-8", "surrogateescape"), codec.cookie_name)
     audience = host.lower()
     if audience.endswith(":443"):
         audience = audience[:-4]
     try:
-        session = codec.decode(cookies, host="" if settings.cookie_domain else audience, now=now)
+        session = _session(snap, cookie_b, "" if settings.cookie_domain else audience, now)
     except SessionError:
         return None
-    if session is not None and (
-        session.sid in runtime.revoked
-        or session.needs_refresh(now)
-        or _sealed_with_old_secret(snap, cookies, session, now)
-    ):
+    if session is not None and (session.sid in runtime.revoked or session.needs_refresh(now)):
         return None
     headers: CIMultiDict[str] = CIMultiDict(
         [
@@ -231,7 +263,7 @@ def plan(
     )
     identity = to_identity(session, settings.idp_groups_claim) if session is not None else None
     method = method_b.decode()
-    decision = route.policy.decide(RequestFacts(method, path, ip, datetime.now(UTC)), identity)
+    decision = _decide(route.policy, identity, method, path, ip)
     if not decision.allow:
         return None
     throttle.configure(settings.rate_limits)
@@ -269,9 +301,12 @@ def plan(
         cookie_prefix=snap.keys.cookie_name,
         set_headers=route.request_headers,
         identity=identity_headers(snap, route, session, audience),
-        websocket=False,
+        websocket=upgrade,
     )
     out["X-Request-Id"] = rid
+    if upgrade:
+        out["Connection"] = "Upgrade"
+        out["Upgrade"] = "websocket"
     try:
         request_head = serialize_head(method, upstream_target(route, path, query), out, "")
     except UpstreamError:
@@ -287,5 +322,63 @@ def plan(
         head_bytes=request_head,
         key=pool_key(route),
         body_left=length or 0,
+        session=session,
+        client_ip=ip,
+        ws_key=ws_key,
         close_after=close_after,
     )
+
+
+def _valid_key(key: str | None) -> bool:
+    """RFC 6455 4.2.1: the key is 16 random bytes, base64-encoded."""
+    if key is None:
+        return False
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except ValueError:
+        return False
+
+
+# Sessions by (Cookie header, session host): the header is parsed and the session
+# opened once per cookie value instead of once per request. Entries hold the codec they
+# were opened with; expiry is checked on every hit (as SessionCodec.decode does).
+_SESSIONS: dict[tuple[bytes, str], tuple[SessionCodec, Session]] = {}
+_DECISIONS: dict[tuple[int, int, str, str, str], tuple[Policy, Identity | None, Decision]] = {}
+_CACHE_MAX = 4096
+
+
+def _session(snap: Snapshot, cookie: bytes, host: str, now: int) -> Session | None:
+    """The session in the Cookie header, None without one; raises SessionError when it
+    is not acceptable, or when it was sealed with a secret other than the first
+    (the handler re-seals those)."""
+    codec = snap.keys.codec
+    key = (cookie, host)
+    hit = _SESSIONS.get(key)
+    if hit is not None and hit[0] is codec:
+        cached = hit[1]
+        if now < cached.expires_at:
+            return cached
+    cookies = parse_cookie_header(cookie.decode("utf-8", "surrogateescape"), codec.cookie_name)
+    session = codec.decode(cookies, host=host, now=now)
+    if session is not None and _sealed_with_old_secret(snap, cookies, session, now):
+        raise SessionError("old_secret", "sealed with a secret being rotated out")
+    if session is not None and len(cookie) <= 8192:  # only what opened: bounded by design
+        if len(_SESSIONS) >= _CACHE_MAX:
+            _SESSIONS.clear()
+        _SESSIONS[key] = (codec, session)
+    return session
+
+
+def _decide(policy: Policy, identity: Identity | None, method: str, path: str, ip: str) -> Decision:
+    """``policy.decide``, remembered: a compiled policy is a pure function of these (the
+    request time is not among its criteria), and identities are memoized per session."""
+    key = (id(policy), id(identity), method, path, ip)
+    hit = _DECISIONS.get(key)
+    if hit is not None and hit[0] is policy and hit[1] is identity:
+        return hit[2]
+    decision = policy.decide(RequestFacts(method, path, ip, datetime.now(UTC)), identity)
+    if len(path) <= 512:
+        if len(_DECISIONS) >= _CACHE_MAX:
+            _DECISIONS.clear()
+        _DECISIONS[key] = (policy, identity, decision)
+    return decision

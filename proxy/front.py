@@ -25,23 +25,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import metrics, pages
+from proxy import metrics, pages, websocket
 from proxy.connlimit import REFUSED, TIMED_OUT, Guard, GuardedHandler
 from proxy.exchange import Exchange, plan
 from proxy.fastpath import upstream_response_headers
-from proxy.forward import UpstreamError
+from proxy.forward import DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP, UpstreamError
 from proxy.ratelimit import address_key
 from proxy.runtime import Runtime
 from proxy.snapshot import HSTS
 from proxy.throttle import Throttle
 from proxy.upstream_link import LinkPool, UpstreamLink
+from proxy.websocket import LiveConnection
+from proxy.wsrelay import RawRelay, open_upstream
 
 log = structlog.get_logger("clawgate.proxy")
 
@@ -289,6 +291,9 @@ class FrontConnection(asyncio.Protocol):
         if not ex.head_bytes:
             self._answer_error(UpstreamError(502, "upstream_error:bad_header"))
             return
+        if ex.websocket:
+            self._connecting = self._loop.create_task(self._open_websocket(ex))
+            return
         link = front.pool.take(ex.key)
         if link is not None:
             self._send(link)
@@ -349,6 +354,72 @@ class FrontConnection(asyncio.Protocol):
             return
         self._send(link)
 
+    async def _open_websocket(self, ex: Exchange) -> None:
+        """Upgrade at the upstream, answer the client with the upstream's 101, and hand
+        both connections to a raw frame relay (proxy/wsrelay.py)."""
+        front = self._front
+        host, port, tls, verify = ex.key
+        try:
+            upgraded = await open_upstream(
+                host,
+                port,
+                ssl_context=front.pool.tls_context(verify) if tls else None,
+                server_hostname=host if tls else None,
+                request_head=ex.head_bytes,
+                key=ex.ws_key or "",
+                timeout=ex.timeout or front.runtime.snapshot.settings.default_upstream_timeout,
+            )
+        except UpstreamError as exc:
+            self._connecting = None
+            if self._ex is ex:
+                self._answer_error(exc)
+            return
+        self._connecting = None
+        transport = self._transport
+        if self._ex is not ex or transport is None or self._closed:
+            upgraded.transport.abort()  # the client left meanwhile
+            return
+        headers = upstream_response_headers(upgraded.headers, {})
+        headers["Upgrade"] = "websocket"
+        headers["Connection"] = "Upgrade"
+        headers.setdefault("X-Request-Id", ex.rid)
+        lines = [b"HTTP/1.1 101 Switching Protocols"]
+        lines.extend(f"{k}: {v}".encode("utf-8", "surrogateescape") for k, v in headers.items())
+        lines.append(b"\r\n")
+        transport.write(b"\r\n".join(lines))
+        self._status = 101
+        # From here on the relay owns both transports; this object only waits to write
+        # the access line and free the per-IP slot when the relay is done.
+        front.connections.discard(self)
+        self._cancel_timers()
+        self._transport = None
+        leftover = bytes(self._buf)
+        self._buf.clear()
+        if self._paused:
+            self._paused = 0
+            transport.resume_reading()
+        conn = LiveConnection(
+            session=ex.session, host=ex.host, path=ex.path, source_ip=ex.client_ip
+        )
+        conn.on_closed = self._websocket_closed
+        relay = RawRelay(
+            transport,
+            upgraded,
+            conn,
+            front.runtime.registry,
+            idle_timeout=ex.route.idle_timeout,
+            rsv_allowed=upgraded.header(b"sec-websocket-extensions") is not None,
+            max_payload=websocket.MAX_MESSAGE,  # looked up now: tests lower it
+        )
+        relay.start(leftover)
+
+    def _websocket_closed(self) -> None:
+        if self._key is not None:
+            self._front.guard.counter.release(self._key)
+            self._key = None
+        if self._ex is not None:
+            self._done()
+
     def _send(self, link: UpstreamLink) -> None:
         ex = self._ex
         assert ex is not None and link.transport is not None
@@ -380,9 +451,6 @@ class FrontConnection(asyncio.Protocol):
         status = link.status
         self._status = status
         metrics.observe_upstream(ex.route.name, self._loop.time() - self._sent_at)
-        headers = upstream_response_headers(link.headers, ex.response_headers)
-        if "X-Request-Id" not in headers:
-            headers["X-Request-Id"] = ex.rid
         framed = False
         for name, _ in link.headers:
             lname = name.lower()
@@ -394,15 +462,17 @@ class FrontConnection(asyncio.Protocol):
         no_body = ex.method == "HEAD" or status in _NO_BODY_STATUS
         if not framed and not no_body:
             link.chunked_out = link.until_eof = True
-        if link.chunked_out and not no_body:
-            headers.popall("Content-Length", None)
-            headers["Transfer-Encoding"] = "chunked"
-        if ex.close_after or self._draining or ex.body_left:
-            headers["Connection"] = "close"
-        lines = [b"HTTP/1.1 %d %s" % (status, link.reason or _REASONS.get(status, b"Unknown"))]
-        lines.extend(f"{k}: {v}".encode("utf-8", "surrogateescape") for k, v in headers.items())
-        lines.append(b"\r\n")
-        link.out.append(b"\r\n".join(lines))
+        link.out.append(
+            response_head_bytes(
+                status,
+                link.reason,
+                link.headers,
+                _extras(ex.response_headers),
+                ex.rid,
+                chunked=link.chunked_out and not no_body,
+                close=ex.close_after or self._draining or ex.body_left > 0,
+            )
+        )
         self._wrote = True
         if self._kind == _READ:
             self._kind = 0  # the response has started: no read timeout from here on
@@ -644,6 +714,83 @@ class FrontConnection(asyncio.Protocol):
                 timer.cancel()
         self._timer = self._utimer = None
         self._kind = self._ukind = 0
+
+
+class _Extras:
+    """A route's response headers as bytes: ``overrides`` replace the upstream's,
+    ``defaults`` (the security headers) only fill in what the upstream did not set."""
+
+    __slots__ = ("defaults", "override_lines", "overrides", "source")
+
+    def __init__(self, source: Mapping[str, str]) -> None:
+        self.source = source
+        self.overrides: set[bytes] = set()
+        self.override_lines: list[bytes] = []
+        self.defaults: list[tuple[bytes, bytes]] = []
+        for name, value in source.items():
+            line = f"{name}: {value}".encode("utf-8", "surrogateescape")
+            lname = name.lower().encode("latin-1")
+            if DEFAULT_RESPONSE_HEADERS.get(name) == value:
+                self.defaults.append((lname, line))
+            else:
+                self.overrides.add(lname)
+                self.override_lines.append(line)
+
+
+_EXTRAS: dict[int, _Extras] = {}
+
+
+def _extras(source: Mapping[str, str]) -> _Extras:
+    hit = _EXTRAS.get(id(source))
+    if hit is None or hit.source is not source:
+        if len(_EXTRAS) > 256:  # routes of configs no longer in force
+            _EXTRAS.clear()
+        hit = _EXTRAS[id(source)] = _Extras(source)
+    return hit
+
+
+_HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+
+
+def response_head_bytes(
+    status: int,
+    reason: bytes,
+    raw: list[tuple[bytes, bytes]],
+    extras: _Extras,
+    rid: str,
+    *,
+    chunked: bool,
+    close: bool,
+) -> bytes:
+    """The client's response head, straight from the upstream's header bytes (llhttp
+    has refused CR, LF and NUL in them): hop-by-hop headers and those the upstream's
+    ``Connection`` names dropped, the route's headers applied as in forward.py."""
+    drop: frozenset[bytes] | set[bytes] = _HOP_BY_HOP
+    for name, value in raw:
+        if name.lower() == b"connection":
+            drop = set(drop)
+            drop.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    overrides = extras.overrides
+    lines = [b"HTTP/1.1 %d %s" % (status, reason or _REASONS.get(status, b"Unknown"))]
+    present: set[bytes] = set()
+    for name, value in raw:
+        lname = name.lower()
+        if lname in drop or lname in overrides or (chunked and lname == b"content-length"):
+            continue
+        present.add(lname)
+        lines.append(name + b": " + value)
+    lines.extend(extras.override_lines)
+    for lname, line in extras.defaults:
+        if lname not in present:
+            lines.append(line)
+    if b"x-request-id" not in present and b"x-request-id" not in overrides:
+        lines.append(b"X-Request-Id: " + rid.encode())
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked")
+    if close:
+        lines.append(b"Connection: close")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 def render(page: web.Response, rid: str, secure: bool, close: bool) -> bytes:

@@ -203,6 +203,9 @@ class LinkPool:
         self._no_verify.verify_mode = ssl.CERT_NONE
         self.closing = False
 
+    def tls_context(self, verify: bool) -> ssl.SSLContext:
+        return self._verify if verify else self._no_verify
+
     def take(self, key: PoolKey) -> UpstreamLink | None:
         stack = self._idle.get(key)
         if not stack:
@@ -220,7 +223,7 @@ class LinkPool:
         host, port, tls, verify = key
         loop = asyncio.get_running_loop()
         link = UpstreamLink(self, key)
-        ctx = (self._verify if verify else self._no_verify) if tls else None
+        ctx = self.tls_context(verify) if tls else None
         await loop.create_connection(
             lambda: link, host, port, ssl=ctx, server_hostname=host if tls else None
         )

@@ -66,6 +66,8 @@ class LiveConnection:
     close_requested: asyncio.Event = field(default_factory=asyncio.Event)
     # Set by a relay that closes from callbacks rather than from a task of its own.
     closer: Callable[[int, str], None] | None = None
+    # Called once both sides are closed (after ``closed`` is set), by such a relay.
+    on_closed: Callable[[], None] | None = None
 
     @property
     def sid(self) -> str | None:
