@@ -571,7 +571,15 @@ class FrontConnection(asyncio.Protocol):
         close = ex.close_after or ex.body_left > 0 or self._draining
         self._status = exc.status
         if self._transport is not None:
-            self._transport.write(render(page, ex.rid, self._front.runtime.secure, close))
+            self._transport.write(
+                render(
+                    page,
+                    ex.rid,
+                    self._front.runtime.secure,
+                    close,
+                    head_only=ex.method == "HEAD",
+                )
+            )
         if close:
             self._close_client()
         self._done()
@@ -793,8 +801,11 @@ def response_head_bytes(
     return b"\r\n".join(lines)
 
 
-def render(page: web.Response, rid: str, secure: bool, close: bool) -> bytes:
-    """A clawgate page as bytes, with the headers the request middleware adds."""
+def render(
+    page: web.Response, rid: str, secure: bool, close: bool, *, head_only: bool = False
+) -> bytes:
+    """A clawgate page as bytes, with the headers the request middleware adds; without
+    the body for a HEAD request (its length stays, as for a GET)."""
     body = page.body
     assert isinstance(body, bytes)
     headers = CIMultiDict(page.headers)
@@ -807,7 +818,8 @@ def render(page: web.Response, rid: str, secure: bool, close: bool) -> bytes:
         headers["Connection"] = "close"
     lines = [f"HTTP/1.1 {page.status} {page.reason}"]
     lines.extend(f"{k}: {v}" for k, v in headers.items())
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + body
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+    return head if head_only else head + body
 
 
 FRONTS = web.AppKey("fronts", list[Front])

@@ -283,6 +283,15 @@ async def test_upstream_failures_are_pages_with_the_request_id(tmp_path: Path) -
         page = json.loads(body)
         assert status == 502 and page["error"] == "upstream_unavailable" and again == 502
         assert page["request_id"] == headers["x-request-id"]
+        # HEAD: the same page's head without its body, and the connection stays in step.
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(get("/h", gate.port, cookie).replace(b"GET ", b"HEAD ", 1)
+                     + get("/g", gate.port, cookie))
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        [(second, _, second_body)] = await read_responses(reader, 1)
+        writer.close()
+        assert first.startswith(b"HTTP/1.1 502") and b"Content-Length: " in first
+        assert second == 502 and json.loads(second_body)["error"] == "upstream_unavailable"
     async with RawUpstream(silent) as raw, gate_with_metrics(
         raw.url, tmp_path, route={"timeout": "0.5s"}
     ) as (gate, _):
@@ -300,3 +309,35 @@ async def test_upstream_failures_are_pages_with_the_request_id(tmp_path: Path) -
         rest = await asyncio.wait_for(reader.read(), 5)  # EOF: the cut reaches the client
         writer.close()
         assert head.startswith(b"HTTP/1.1 200") and len(rest) < 100000
+
+
+async def test_websockets_are_relayed_raw_with_the_upstreams_handshake(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    async with gate_with_metrics(upstream.url, tmp_path, max_connections_per_ip=2) as (
+        gate, metrics_port
+    ):
+        before = await fast_path_counts(metrics_port)
+        cookie = mint_cookie(gate)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as client:
+            # More sockets one after another than the per-IP cap: each closed relay gives
+            # its slot back.
+            for round_ in range(4):
+                async with client.ws_connect(
+                    f"{gate.url}/ws", origin=gate.url, headers={"Cookie": cookie},
+                    compress=15 if round_ == 0 else 0, protocols=("chat",),
+                ) as ws:
+                    assert ws.protocol == "chat"
+                    assert (ws.compress != 0) == (round_ == 0)  # negotiated end to end
+                    await ws.send_str("headers")
+                    sent = {k.lower(): v for k, v in json.loads(await ws.receive_str(timeout=5)).items()}
+                    assert sent["x-pomerium-claim-email"] == "alice@example.com"
+                    assert "cookie" not in sent  # only clawgate's cookie was sent
+                    await ws.send_bytes(b"z" * 200_000)
+                    assert await ws.receive_bytes(timeout=5) == b"z" * 200_000
+                    await ws.send_str("close:4001")
+                    msg = await ws.receive(timeout=5)
+                    assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 4001)
+        after = await fast_path_counts(metrics_port)
+        assert after["served"] - before.get("served", 0) == 4
+        assert after.get("handed_off", 0) == before.get("handed_off", 0)
