@@ -341,3 +341,40 @@ async def test_websockets_are_relayed_raw_with_the_upstreams_handshake(
         after = await fast_path_counts(metrics_port)
         assert after["served"] - before.get("served", 0) == 4
         assert after.get("handed_off", 0) == before.get("handed_off", 0)
+
+
+async def test_front_and_handler_send_the_upstream_the_same_request(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """The same signed-in request through the front and through the full handler."""
+    seen: dict[bool, tuple[dict[str, str], dict[str, str]]] = {}
+    for fast in (True, False):
+        directory = tmp_path / f"fast-{fast}"
+        directory.mkdir()
+        async with gate_with_metrics(upstream.url, directory, fast_path=fast,
+                                     experimental_fast_upstream=True) as (gate, metrics_port):
+            cookie = mint_cookie(gate)
+            reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+            writer.write(get("/same/path?q=1", gate.port, cookie,
+                             "X-Forwarded-For: 6.6.6.6\r\nX-Custom: kept\r\n"
+                             "Connection: keep-alive, X-Hop\r\nX-Hop: dropped\r\n"))
+            [(status, headers, body)] = await read_responses(reader, 1)
+            writer.close()
+            assert status == 200
+            counts = await fast_path_counts(metrics_port)
+            assert ("served" in counts) or not fast
+            port = str(gate.port)  # the two gates listen on different ports
+            sent = {k.lower(): v.replace(port, "PORT")
+                    for k, v in json.loads(body)["headers"].items()}
+            seen[fast] = (sent, {k: v.replace(port, "PORT") for k, v in headers.items()})
+    (front_sent, front_got), (handler_sent, handler_got) = seen[True], seen[False]
+    varying = {"x-request-id", "x-pomerium-jwt-assertion"}  # fresh per request / per key
+    assert {k: v for k, v in front_sent.items() if k not in varying} == {
+        k: v for k, v in handler_sent.items() if k not in varying
+    }
+    assert "x-hop" not in front_sent and front_sent["x-custom"] == "kept"
+    # The client sees the upstream's headers and clawgate's security headers either way.
+    response_varying = {"x-request-id", "date", "content-length", "server"}
+    assert {k: v for k, v in front_got.items() if k not in response_varying} == {
+        k: v for k, v in handler_got.items() if k not in response_varying
+    }
