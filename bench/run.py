@@ -257,8 +257,10 @@ def clawgate_config(tmp: Path, port: int, upstream: int, ws_upstream: int, worke
     }
     if metrics:
         config["metrics_address"] = f"127.0.0.1:{free_port()}"
-    if fast:
-        config["experimental_fast_upstream"] = True
+    # fast_path: the front (proxy/front.py); off, every request takes the full handler,
+    # which then uses the lean upstream client.
+    config["fast_path"] = fast
+    config["experimental_fast_upstream"] = True
     return config
 
 
@@ -403,7 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "kernel": platform.release()},
         "settings": {"seconds": args.seconds, "connections": 64, "ws_connections": 50,
-                     "ws_message_bytes": 100, "fast_upstream": args.fast,
+                     "ws_message_bytes": 100, "fast_path": args.fast,
                      "metrics": args.metrics},
         "http": {}, "ws": {},
     }
@@ -652,7 +654,8 @@ def main() -> None:
     parser.add_argument("--no-metrics", dest="metrics", action="store_false",
                         help="run clawgate without its metrics listener")
     parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
-                        help="experimental_fast_upstream (default on)")
+                        help="fast_path, the front (default on); --no-fast measures the "
+                             "full handler path")
     parser.add_argument("--profile", type=Path,
                         help="py-spy clawgate (1 worker) during its HTTP run; stacks go here")
     parser.add_argument("--serve", type=float, default=0, metavar="SECONDS",
