@@ -151,9 +151,30 @@ def plan(
     None never has an effect: nothing is logged, counted or charged before the last
     check has passed (a rate limit refusal charges nothing the handler will not charge
     again when it refuses the same request).
+
+    A head seen before from the same address, under the same configuration, is
+    admitted from its :class:`_Template`: what depends only on the head's bytes (route,
+    decision, the upstream header set) is reused, while everything that depends on time
+    or on other requests (session expiry, revocation, refresh, rate limits, the
+    assertion, the request id, the log line) is checked or made again.
     """
     if runtime.draining:
         return None
+    template = _TEMPLATES.get((head_bytes, peer_ip))
+    if template is not None and template.snap is runtime.snapshot:
+        outcome = _from_template(template, runtime, throttle)
+        if not isinstance(outcome, _Stale):
+            return outcome
+    return _plan_fresh(runtime, throttle, head_bytes, peer_ip, transport_scheme)
+
+
+def _plan_fresh(
+    runtime: Runtime,
+    throttle: Throttle,
+    head_bytes: bytes,
+    peer_ip: str,
+    transport_scheme: str,
+) -> Exchange | None:
     head = _Head()
     parser = httptools.HttpRequestParser(head)
     upgrade = False
@@ -303,14 +324,36 @@ def plan(
         identity=identity_headers(snap, route, session, audience),
         websocket=upgrade,
     )
-    out["X-Request-Id"] = rid
+    out.popall("X-Request-Id", None)  # clawgate's own goes last, see _Template
     if upgrade:
         out["Connection"] = "Upgrade"
         out["Upgrade"] = "websocket"
     try:
-        request_head = serialize_head(method, upstream_target(route, path, query), out, "")
+        prefix = serialize_head(method, upstream_target(route, path, query), out, "")[:-2]
+        request_head = _with_id(prefix, rid)
     except UpstreamError:
-        request_head = b""  # a header value that cannot be sent: answered with a 502
+        prefix = request_head = b""  # a header value that cannot be sent: answered with a 502
+    if prefix and not upgrade and len(head_bytes) <= _TEMPLATE_HEAD_MAX:
+        if len(_TEMPLATES) >= _TEMPLATES_MAX:
+            _TEMPLATES.clear()
+        given = request_id(headers, True) if hops > 0 else None
+        _TEMPLATES[(head_bytes, peer_ip)] = _Template(
+            snap=snap,
+            route=route,
+            session=session,
+            audience=audience,
+            assertion=out.get(settings.jwt_assertion_header) if session is not None else None,
+            reason=decision.reason,
+            client_ip=ip,
+            method=method,
+            host=host,
+            path=path,
+            headers=headers,
+            prefix=prefix,
+            body_left=length or 0,
+            close_after=close_after,
+            given_id=given if given == rid else None,
+        )
     return Exchange(
         route=route,
         rid=rid,
@@ -326,6 +369,138 @@ def plan(
         client_ip=ip,
         ws_key=ws_key,
         close_after=close_after,
+    )
+
+
+def _with_id(prefix: bytes, rid: str) -> bytes:
+    return b"%sX-Request-Id: %s\r\n\r\n" % (prefix, rid.encode("utf-8", "surrogateescape"))
+
+
+class _Template:
+    """What a fresh admission of one request head found, for the next identical head."""
+
+    __slots__ = (
+        "assertion",
+        "audience",
+        "body_left",
+        "client_ip",
+        "close_after",
+        "given_id",
+        "headers",
+        "host",
+        "method",
+        "path",
+        "prefix",
+        "reason",
+        "route",
+        "session",
+        "snap",
+    )
+
+    def __init__(
+        self,
+        *,
+        snap: Snapshot,
+        route: Route,
+        session: Session | None,
+        audience: str,
+        assertion: str | None,
+        reason: str,
+        client_ip: str,
+        method: str,
+        host: str,
+        path: str,
+        headers: CIMultiDict[str],
+        prefix: bytes,
+        body_left: int,
+        close_after: bool,
+        given_id: str | None,
+    ) -> None:
+        self.snap = snap
+        self.route = route
+        self.session = session
+        self.audience = audience
+        self.assertion = assertion
+        self.reason = reason
+        self.client_ip = client_ip
+        self.method = method
+        self.host = host
+        self.path = path
+        self.headers = headers
+        self.prefix = prefix
+        self.body_left = body_left
+        self.close_after = close_after
+        self.given_id = given_id
+
+
+# Heads admitted before, by (head bytes, peer address). Bounded in entries and in the
+# size of each head; a configuration reload makes every entry stale (``snap``).
+_TEMPLATES: dict[tuple[bytes, str], _Template] = {}
+_TEMPLATES_MAX = 1024
+_TEMPLATE_HEAD_MAX = 8192
+
+
+class _Stale:
+    """A template that no longer fits: admit the request afresh."""
+
+
+_STALE = _Stale()
+
+
+def _from_template(t: _Template, runtime: Runtime, throttle: Throttle) -> Exchange | _Stale | None:
+    """An exchange from ``t``, None to hand the request over, or _STALE to admit afresh."""
+    session = t.session
+    now = int(time.time())
+    route = t.route
+    if session is not None:
+        if (
+            now >= session.expires_at
+            or session.sid in runtime.revoked
+            or session.needs_refresh(now)
+        ):
+            return _STALE
+        if route.pass_identity:
+            token = t.snap.keys.signer.sign(session, audience=t.audience, now=now)
+            if token != t.assertion:
+                return _STALE  # re-signed since: the header set changes
+    settings = t.snap.settings
+    throttle.configure(settings.rate_limits)
+    clock = time.monotonic()
+    if throttle.proxy_ip is not None and throttle.check_ip(False, t.client_ip, clock) > 0:
+        return None
+    if (
+        session is not None
+        and throttle.proxy_user is not None
+        and throttle.check_user(session.sub, clock) > 0
+    ):
+        return None
+    rid = t.given_id or request_id(t.headers, False)
+    user = (session.email or session.sub) if session is not None else None
+    metrics.observe_decision(True, t.reason)
+    log.info(
+        "authorization",
+        request_id=rid,
+        allow=True,
+        reason=t.reason,
+        route=route.name,
+        user=user,
+        method=t.method,
+        path=t.path,
+    )
+    return Exchange(
+        route=route,
+        rid=rid,
+        method=t.method,
+        host=t.host,
+        path=t.path,
+        user=user,
+        headers=t.headers,
+        head_bytes=_with_id(t.prefix, rid),
+        key=pool_key(route),
+        body_left=t.body_left,
+        session=session,
+        client_ip=t.client_ip,
+        close_after=t.close_after,
     )
 
 
