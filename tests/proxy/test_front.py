@@ -57,7 +57,10 @@ async def fast_path_counts(metrics_port: int) -> dict[str, float]:
     return {k: float(v) for k, v in found}
 
 
-async def read_responses(reader: asyncio.StreamReader, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+Response = tuple[int, dict[str, str], bytes]
+
+
+async def read_responses(reader: asyncio.StreamReader, count: int) -> list[Response]:
     """``count`` HTTP/1.1 responses (Content-Length or chunked) from ``reader``."""
     out = []
     for _ in range(count):
@@ -91,7 +94,9 @@ def get(path: str, port: int, cookie: str | None, extra: str = "") -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def gate_with_metrics(upstream_url: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Gate, int]]:
+async def gate_with_metrics(
+    upstream_url: str, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[Gate, int]]:
     metrics_port = free_port()
     # Sessions are minted here, so the identity provider is never called: a closed port.
     config = base_config(free_port(), upstream_url, idp=None,
@@ -330,7 +335,8 @@ async def test_websockets_are_relayed_raw_with_the_upstreams_handshake(
                     assert ws.protocol == "chat"
                     assert (ws.compress != 0) == (round_ == 0)  # negotiated end to end
                     await ws.send_str("headers")
-                    sent = {k.lower(): v for k, v in json.loads(await ws.receive_str(timeout=5)).items()}
+                    echoed = json.loads(await ws.receive_str(timeout=5))
+                    sent = {k.lower(): v for k, v in echoed.items()}
                     assert sent["x-pomerium-claim-email"] == "alice@example.com"
                     assert "cookie" not in sent  # only clawgate's cookie was sent
                     await ws.send_bytes(b"z" * 200_000)
@@ -378,3 +384,67 @@ async def test_front_and_handler_send_the_upstream_the_same_request(
     assert {k: v for k, v in front_got.items() if k not in response_varying} == {
         k: v for k, v in handler_got.items() if k not in response_varying
     }
+
+
+async def test_a_head_admitted_before_is_checked_again_each_time(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    """Identical heads are admitted from a template (proxy/exchange.py): rate limits,
+    sign-out and configuration reloads must still apply to every one of them."""
+    limits = {"proxy_per_user": {"rate": 0.001, "burst": 3}}
+    async with gate_with_metrics(upstream.url, tmp_path, rate_limits=limits) as (gate, _):
+        cookie = mint_cookie(gate)
+        same = get("/same", gate.port, cookie)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        statuses = []
+        for _ in range(4):
+            writer.write(same)
+            [(status, _, _)] = await read_responses(reader, 1)
+            statuses.append(status)
+        writer.close()
+        assert statuses == [200, 200, 200, 429]
+        assert [r["path"] for r in upstream.seen.requests] == ["/same"] * 3
+
+    upstream.seen.requests.clear()
+    directory = tmp_path / "second"
+    directory.mkdir()
+    async with gate_with_metrics(upstream.url, directory) as (gate, _):
+        cookie = mint_cookie(gate)
+        same = get("/same", gate.port, cookie)
+
+        async def once() -> int:
+            r, w = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+            w.write(same)
+            [(status, _, _)] = await read_responses(r, 1)
+            w.close()
+            return status
+
+        assert [await once(), await once()] == [200, 200]
+        # A reload that no longer allows alice: the remembered head must not get through.
+        config = dict(gate.config)
+        config["routes"] = [{**config["routes"][0], "policy": [
+            {"allow": {"or": [{"email": {"is": "bob@example.com"}}]}}]}]
+        gate.write(config)
+        for _ in range(50):
+            if await once() == 403:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the reloaded policy was not applied to a remembered head")
+        gate.write({**config, "routes": [{**config["routes"][0], "policy": [
+            {"allow": {"or": [{"email": {"is": "alice@example.com"}}]}}]}]})
+        for _ in range(50):
+            if await once() == 200:
+                break
+            await asyncio.sleep(0.1)
+        # Sign-out revokes the session: the same head is anonymous from then on.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as client:
+            headers = {"Cookie": cookie, "Accept": "application/json"}
+            async with client.get(f"{gate.url}/.clawgate/user", headers=headers) as r:
+                csrf = (await r.json())["csrf"]
+            async with client.post(f"{gate.url}/.clawgate/sign_out", allow_redirects=False,
+                                   headers={**headers, "X-Clawgate-Csrf": csrf}) as r:
+                assert r.status == 302
+        seen = len(upstream.seen.requests)
+        assert await once() == 401
+        assert len(upstream.seen.requests) == seen
