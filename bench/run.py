@@ -419,7 +419,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         big_mb = args.stream_mb
         with open(tmp / "www/big", "wb") as f:
             f.truncate(big_mb * 1024 * 1024)  # sparse: costs no disk
-        up_port, ws_port, ng_port, self_port, cg_port = (free_port() for _ in range(5))
+        up_port, ws_port, ng_port, self_port, cg_port, pipe_port = (
+            free_port() for _ in range(6))
 
         (tmp / "up.conf").write_text(nginx_upstream_conf(tmp, up_port))
         (tmp / "proxy.conf").write_text(nginx_proxy_conf(tmp, ng_port, up_port, ws_port))
@@ -434,8 +435,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "self": bench.spawn(
                 [PY, str(ROOT / "bench/servers.py"), "self", "--port", str(self_port),
                  "--cert", str(tmp / "cert.pem"), "--key", str(tmp / "key.pem")], "self").pid,
+            "pipe": bench.spawn(
+                [PY, str(ROOT / "bench/servers.py"), "pipe", "--port", str(pipe_port),
+                 "--cert", str(tmp / "cert.pem"), "--key", str(tmp / "key.pem"),
+                 "--upstream", str(up_port)], "pipe").pid,
         }
-        for port in (up_port, ws_port, ng_port, self_port):
+        for port in (up_port, ws_port, ng_port, self_port, pipe_port):
             wait_port(port, None)
 
         def clawgate(workers: int) -> tuple[subprocess.Popen[bytes], Path, float]:
@@ -472,6 +477,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("direct", f"http://127.0.0.1:{up_port}/", None, pids["nginx-upstream"]),
             ("nginx", f"https://127.0.0.1:{ng_port}/", None, pids["nginx-proxy"]),
             ("aiohttp_self", f"https://127.0.0.1:{self_port}/", None, pids["self"]),
+            ("python_pipe", f"https://127.0.0.1:{pipe_port}/", None, pids["pipe"]),
             ("clawgate_w1", f"https://127.0.0.1:{cg_port}/", cookie, proc.pid),
         ):
             spy = None
@@ -606,6 +612,9 @@ def summarize(r: dict[str, Any]) -> None:
                 http[label]["rps"] / http["aiohttp_self"]["rps"], 3)
         if "nginx" in http:
             ratios[f"{label}/nginx"] = round(http[label]["rps"] / http["nginx"]["rps"], 3)
+        if "python_pipe" in http:
+            ratios[f"{label}/python_pipe"] = round(
+                http[label]["rps"] / http["python_pipe"]["rps"], 3)
     for label in [k for k in http if k.startswith("clawgate")]:
         base, mine = http.get("aiohttp_self", {}).get("cpu_us_per_req"), http[label].get(
             "cpu_us_per_req")

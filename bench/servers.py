@@ -3,6 +3,9 @@
     python bench/servers.py upstream --port P        WebSocket echo + upload sink (plain HTTP)
     python bench/servers.py self --port P --cert C --key K
                                                      aiohttp over TLS answering by itself
+    python bench/servers.py pipe --port P --cert C --key K --upstream U
+                                                     TLS in, bytes piped to U: no parsing,
+                                                     no checks (the floor for a Python proxy)
 
 The WebSocket echo is a bare asyncio protocol rather than aiohttp, so that the direct
 measurement is limited by the network path and not by the echo server: whatever
@@ -192,17 +195,71 @@ async def run_self(port: int, cert: str, key: str) -> None:
     await asyncio.Event().wait()
 
 
+class _PipeUp(asyncio.Protocol):
+    def __init__(self, client: _PipeClient) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        self.client.transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.transport.close()
+
+
+class _PipeClient(asyncio.Protocol):
+    """One upstream connection per client connection; bytes copied both ways."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.up: asyncio.Transport | None = None
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.up, _ = await loop.create_connection(
+            lambda: _PipeUp(self), "127.0.0.1", self.upstream_port)
+        for data in self.early:
+            self.up.write(data)
+        self.early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self.up is None:
+            self.early.append(data)
+        else:
+            self.up.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.up is not None:
+            self.up.close()
+
+
+async def run_pipe(port: int, cert: str, key: str, upstream: int) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    loop = asyncio.get_running_loop()
+    await loop.create_server(lambda: _PipeClient(upstream), "127.0.0.1", port, ssl=ctx,
+                             backlog=1024)
+    await asyncio.Event().wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=("upstream", "self"))
+    parser.add_argument("kind", choices=("upstream", "self", "pipe"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert")
     parser.add_argument("--key")
+    parser.add_argument("--upstream", type=int)
     args = parser.parse_args()
     import uvloop
 
     if args.kind == "upstream":
         uvloop.run(run_upstream(args.port))
+    elif args.kind == "pipe":
+        uvloop.run(run_pipe(args.port, args.cert, args.key, args.upstream))
     else:
         uvloop.run(run_self(args.port, args.cert, args.key))
 
