@@ -650,6 +650,12 @@ def summarize(r: dict[str, Any]) -> None:
     print(f"Auth step (in-process): {r['auth_step_us']:.1f} us; start-up {r['startup_s']} s")
 
 
+def _terminated(*_: object) -> None:
+    # Once: a second SIGTERM (timeout(1) forwards its own) must not cut the clean-up short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per load run")
@@ -677,6 +683,9 @@ def main() -> None:
         args.stream_mb = min(args.stream_mb, 256)
         args.idle_ws = min(args.idle_ws, 2000)
     args.workers = [int(w) for w in args.workers.split(",") if w]
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so nginx, the helper servers and
+    # clawgate are stopped by environment() instead of being left running.
+    signal.signal(signal.SIGTERM, _terminated)
     results = run(args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
