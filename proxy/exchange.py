@@ -38,6 +38,7 @@ from proxy.identity import _sealed_with_old_secret, to_identity
 from proxy.requestid import request_id
 from proxy.runtime import Runtime, forwarded_client
 from proxy.session import Session, SessionCodec, SessionError, parse_cookie_header
+from proxy.settings import Settings
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import Throttle
 from proxy.upstream_link import PoolKey
@@ -287,31 +288,12 @@ def _plan_fresh(
     decision = _decide(route.policy, identity, method, path, ip)
     if not decision.allow:
         return None
-    throttle.configure(settings.rate_limits)
-    clock = time.monotonic()
-    if throttle.proxy_ip is not None and throttle.check_ip(False, ip, clock) > 0:
-        return None
-    if (
-        session is not None
-        and throttle.proxy_user is not None
-        and throttle.check_user(session.sub, clock) > 0
-    ):
+    if _limited(throttle, settings, ip, session):
         return None
 
     # Committed: from here on this request is the front's.
     rid = request_id(headers, hops > 0)
-    user = (session.email or session.sub) if session is not None else None
-    metrics.observe_decision(True, decision.reason)
-    log.info(
-        "authorization",
-        request_id=rid,
-        allow=True,
-        reason=decision.reason,
-        route=route.name,
-        user=user,
-        method=method,
-        path=path,
-    )
+    user = _admitted(rid, session, decision.reason, route, method, path)
     out = upstream_headers(
         headers,
         request_host=host,
@@ -370,6 +352,38 @@ def _plan_fresh(
         ws_key=ws_key,
         close_after=close_after,
     )
+
+
+def _limited(throttle: Throttle, settings: Settings, ip: str, session: Session | None) -> bool:
+    """Charge this request to the per-IP and per-user limits; True when one is used up."""
+    throttle.configure(settings.rate_limits)
+    clock = time.monotonic()
+    if throttle.proxy_ip is not None and throttle.check_ip(False, ip, clock) > 0:
+        return True
+    return (
+        session is not None
+        and throttle.proxy_user is not None
+        and throttle.check_user(session.sub, clock) > 0
+    )
+
+
+def _admitted(
+    rid: str, session: Session | None, reason: str, route: Route, method: str, path: str
+) -> str | None:
+    """Count and log the allow decision, as the handler does; returns the user's name."""
+    user = (session.email or session.sub) if session is not None else None
+    metrics.observe_decision(True, reason)
+    log.info(
+        "authorization",
+        request_id=rid,
+        allow=True,
+        reason=reason,
+        route=route.name,
+        user=user,
+        method=method,
+        path=path,
+    )
+    return user
 
 
 def _with_id(prefix: bytes, rid: str) -> bytes:
@@ -463,30 +477,10 @@ def _from_template(t: _Template, runtime: Runtime, throttle: Throttle) -> Exchan
             token = t.snap.keys.signer.sign(session, audience=t.audience, now=now)
             if token != t.assertion:
                 return _STALE  # re-signed since: the header set changes
-    settings = t.snap.settings
-    throttle.configure(settings.rate_limits)
-    clock = time.monotonic()
-    if throttle.proxy_ip is not None and throttle.check_ip(False, t.client_ip, clock) > 0:
-        return None
-    if (
-        session is not None
-        and throttle.proxy_user is not None
-        and throttle.check_user(session.sub, clock) > 0
-    ):
+    if _limited(throttle, t.snap.settings, t.client_ip, session):
         return None
     rid = t.given_id or request_id(t.headers, False)
-    user = (session.email or session.sub) if session is not None else None
-    metrics.observe_decision(True, t.reason)
-    log.info(
-        "authorization",
-        request_id=rid,
-        allow=True,
-        reason=t.reason,
-        route=route.name,
-        user=user,
-        method=t.method,
-        path=t.path,
-    )
+    user = _admitted(rid, session, t.reason, route, t.method, t.path)
     return Exchange(
         route=route,
         rid=rid,
