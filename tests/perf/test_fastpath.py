@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -19,30 +19,7 @@ from yarl import URL
 
 from proxy.fastpath import UpstreamPool, forward_fast, serialize_head
 from proxy.forward import UpstreamError, UpstreamRequest
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawUpstream:
-    """Counts connections; ``script`` serves each one."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await self.script(reader, writer)
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
+from tests.support.rawupstream import RawUpstream, Script
 
 
 async def read_request(reader: asyncio.StreamReader, raw: RawUpstream) -> tuple[bytes, bytes]:
@@ -67,8 +44,7 @@ async def read_request(reader: asyncio.StreamReader, raw: RawUpstream) -> tuple[
 async def proxied(
     script: Script, *, timeout: float | None = 5.0, idle: float | None = None
 ) -> AsyncIterator[tuple[RawUpstream, aiohttp.ClientSession, str, UpstreamPool]]:
-    raw = RawUpstream(script)
-    raw.server = await asyncio.start_server(raw._serve, "127.0.0.1", 0)
+    raw = await RawUpstream(script).__aenter__()
     pool = UpstreamPool()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -100,7 +76,7 @@ async def proxied(
         finally:
             await pool.close()
             await runner.cleanup()
-            raw.server.close()
+            await raw.__aexit__()
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:

@@ -15,7 +15,7 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,8 @@ from proxy.settings import load_settings
 from proxy.snapshot import build_snapshot
 from tests.perf.test_operations import scrape
 from tests.support.gate import Gate, base_config, running_gate
+from tests.support.rawupstream import RawUpstream
 from tests.support.upstream import Upstream, free_port
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 def mint_cookie(gate: Gate, email: str = "alice@example.com") -> str:
@@ -186,35 +185,6 @@ async def test_uploads_stream_and_head_has_no_body(upstream: Upstream, tmp_path:
         after = await fast_path_counts(metrics_port)
         assert after["served"] - before.get("served", 0) == 3
         assert after.get("handed_off", 0) == before.get("handed_off", 0)
-
-
-class RawUpstream:
-    """A scripted upstream: ``script`` serves each connection; connections are counted."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await self.script(reader, writer)
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def __aenter__(self) -> RawUpstream:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
 
 async def test_upstream_framings_reach_the_client_intact(tmp_path: Path) -> None:
