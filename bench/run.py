@@ -257,10 +257,8 @@ def clawgate_config(tmp: Path, port: int, upstream: int, ws_upstream: int, worke
     }
     if metrics:
         config["metrics_address"] = f"127.0.0.1:{free_port()}"
-    # fast_path: the front (proxy/front.py); off, every request takes the full handler,
-    # which then uses the lean upstream client.
+    # fast_path: the front (proxy/front.py); off, every request takes the full handler.
     config["fast_path"] = fast
-    config["experimental_fast_upstream"] = True
     return config
 
 

@@ -25,7 +25,6 @@ from policy.paths import UnsafePathError, normalize_path
 from proxy import metrics
 from proxy.connlimit import MAX_FIELD_SIZE, MAX_LINE_SIZE
 from proxy.endpoints import JWKS_PATH
-from proxy.fastpath import serialize_head
 from proxy.forward import UpstreamError, upstream_headers
 from proxy.handler import (
     authority,
@@ -41,7 +40,7 @@ from proxy.session import Session, SessionCodec, SessionError, parse_cookie_head
 from proxy.settings import Settings
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import Throttle
-from proxy.upstream_link import PoolKey
+from proxy.upstream_link import PoolKey, serialize_head
 
 log = structlog.get_logger("clawgate.proxy")
 

@@ -35,7 +35,6 @@ from multidict import CIMultiDict
 from proxy import metrics, pages, websocket
 from proxy.connlimit import REFUSED, TIMED_OUT, Guard, GuardedHandler
 from proxy.exchange import Exchange, plan
-from proxy.fastpath import upstream_response_headers
 from proxy.forward import DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP, UpstreamError
 from proxy.ratelimit import address_key
 from proxy.runtime import Runtime
@@ -379,14 +378,18 @@ class FrontConnection(asyncio.Protocol):
         if self._ex is not ex or transport is None or self._closed:
             upgraded.transport.abort()  # the client left meanwhile
             return
-        headers = upstream_response_headers(upgraded.headers, {})
-        headers["Upgrade"] = "websocket"
-        headers["Connection"] = "Upgrade"
-        headers.setdefault("X-Request-Id", ex.rid)
-        lines = [b"HTTP/1.1 101 Switching Protocols"]
-        lines.extend(f"{k}: {v}".encode("utf-8", "surrogateescape") for k, v in headers.items())
-        lines.append(b"\r\n")
-        transport.write(b"\r\n".join(lines))
+        # The upstream's 101 as it is, but for hop-by-hop headers (Upgrade and Connection
+        # are set again: they are this hop's too).
+        head = response_head_bytes(
+            101,
+            b"Switching Protocols",
+            upgraded.headers,
+            _NO_EXTRAS,
+            ex.rid,
+            chunked=False,
+            close=False,
+        )
+        transport.write(head[:-2] + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         self._status = 101
         # From here on the relay owns both transports; this object only waits to write
         # the access line and free the per-IP slot when the relay is done.
@@ -758,6 +761,7 @@ def _extras(source: Mapping[str, str]) -> _Extras:
 
 
 _HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+_NO_EXTRAS = _Extras({})
 
 
 def response_head_bytes(

@@ -19,7 +19,6 @@ from policy.paths import UnsafePathError, normalize_path
 from policy.routes import rewrite_path
 from proxy import metrics, pages
 from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
-from proxy.fastpath import UPSTREAM_POOL, forward_fast
 from proxy.forward import UpstreamError, UpstreamRequest, forward_http, upstream_headers
 from proxy.identity import apply_cookies, request_host, resolve, to_identity
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client_ip
@@ -134,12 +133,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if refreshed:  # a refreshed session's new cookie rides on the proxied head
                 apply_cookies(response, snap.settings, resolved, max_age)
 
-        # Both forwarders take the same inputs and keep the same rules (proxy/fastpath.py).
-        fast = snap.settings.experimental_fast_upstream
-        forward = forward_fast if fast else forward_http
-        response = await forward(
+        response = await forward_http(
             request,
-            request.app[UPSTREAM_POOL] if fast else runtime.http,  # type: ignore[arg-type]
+            runtime.http,
             UpstreamRequest(
                 url=target,
                 headers=headers,

@@ -27,7 +27,6 @@ from proxy.connlimit import (
     Limits,
     framing_refusal,
 )
-from proxy.fastpath import UPSTREAM_POOL, UpstreamPool
 from proxy.front import FRONTS, Front
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
@@ -122,7 +121,6 @@ def build_app(runtime: Runtime) -> web.Application:
     )
     app[RUNTIME] = runtime
     app[THROTTLE] = Throttle()
-    app[UPSTREAM_POOL] = pool = UpstreamPool()
     app[FRONTS] = []
     app.router.add_route("*", "/{tail:.*}", handle)
 
@@ -135,11 +133,7 @@ def build_app(runtime: Runtime) -> web.Application:
             *(front.shutdown(drain) for front in app[FRONTS]),
         )
 
-    async def on_cleanup(app: web.Application) -> None:
-        await pool.close()
-
     app.on_shutdown.append(on_shutdown)
-    app.on_cleanup.append(on_cleanup)
     return app
 
 
@@ -392,6 +386,13 @@ async def serve(
         log.warning(
             "insecure_server",
             detail="serving plain HTTP: only safe behind a TLS-terminating load balancer",
+        )
+    if settings.experimental_fast_upstream:
+        log.warning(
+            "setting_ignored",
+            key="experimental_fast_upstream",
+            detail="the lean upstream client is now the front's (fast_path, on by default); "
+            "requests the full handler serves use aiohttp's client. The key can be deleted.",
         )
     if settings.ignored_pomerium_keys():
         log.warning(

@@ -204,7 +204,8 @@ class Settings(BaseSettings):
     max_connections_per_ip: int = Field(default=256, ge=1)
     xff_num_trusted_hops: int = Field(default=0, ge=0)
     default_upstream_timeout: float = 30.0
-    experimental_fast_upstream: bool = False  # proxy/fastpath.py instead of aiohttp client
+    # Accepted so older files load; no effect (the front's upstream client replaced it).
+    experimental_fast_upstream: bool = False
     # Ordinary proxied requests served by proxy/front.py, the rest by aiohttp.
     fast_path: bool = True
 

@@ -14,10 +14,24 @@ import time
 from typing import Any, Protocol
 
 import httptools
+from multidict import CIMultiDict
 
 from proxy.forward import UpstreamError
 
 PoolKey = tuple[str, int, bool, bool]
+
+
+def serialize_head(method: str, target: str, headers: CIMultiDict[str], framing: str) -> bytes:
+    """A request head for the upstream; refuses (502) a value that would split it."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    lines.extend(f"{k}: {v}" for k, v in headers.items())
+    if framing:
+        lines.append(framing)
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    # A CR, LF or NUL inside a name or value would split or smuggle a request: refuse.
+    if text.count("\n") != len(lines) + 1 or "\r\r" in text or "\x00" in text:
+        raise UpstreamError(502, "upstream_error:bad_header")
+    return text.encode("utf-8", "surrogateescape")
 
 
 class LinkOwner(Protocol):

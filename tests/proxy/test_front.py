@@ -327,8 +327,9 @@ async def test_front_and_handler_send_the_upstream_the_same_request(
     for fast in (True, False):
         directory = tmp_path / f"fast-{fast}"
         directory.mkdir()
-        async with gate_with_metrics(upstream.url, directory, fast_path=fast,
-                                     experimental_fast_upstream=True) as (gate, metrics_port):
+        async with gate_with_metrics(upstream.url, directory, fast_path=fast) as (
+            gate, metrics_port
+        ):
             cookie = mint_cookie(gate)
             reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
             writer.write(get("/same/path?q=1", gate.port, cookie,

@@ -1,24 +1,28 @@
-"""The lean upstream path keeps every rule of proxy/forward.py.
+"""The front's upstream links (proxy/upstream_link.py) keep every rule of
+proxy/forward.py.
 
 A scripted raw upstream (asyncio server) answers exactly the bytes each test needs, so
 framing cases aiohttp would never produce (no length, HEAD with a length, interim 1xx,
-a connection that dies mid-body) are exercised for real.
+a connection that dies mid-body) are exercised for real, through a running clawgate
+with a signed-in client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
-from proxy.fastpath import UpstreamPool, forward_fast, serialize_head
-from proxy.forward import UpstreamError, UpstreamRequest
+from proxy.forward import UpstreamError
+from proxy.upstream_link import serialize_head
+from tests.proxy.test_front import gate_with_metrics, mint_cookie
 from tests.support.rawupstream import RawUpstream, Script
 
 
@@ -43,40 +47,25 @@ async def read_request(reader: asyncio.StreamReader, raw: RawUpstream) -> tuple[
 @contextlib.asynccontextmanager
 async def proxied(
     script: Script, *, timeout: float | None = 5.0, idle: float | None = None
-) -> AsyncIterator[tuple[RawUpstream, aiohttp.ClientSession, str, UpstreamPool]]:
-    raw = await RawUpstream(script).__aenter__()
-    pool = UpstreamPool()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        headers: CIMultiDict[str] = CIMultiDict(
-            (k, v) for k, v in request.headers.items()
-            if k.lower() not in ("host", "transfer-encoding", "connection")
-        )
-        headers["Host"] = f"127.0.0.1:{raw.port}"
-        up = UpstreamRequest(
-            url=URL(f"http://127.0.0.1:{raw.port}{request.raw_path}", encoded=True),
-            headers=headers, timeout=timeout, idle_timeout=idle,
-            response_headers={"X-Added": "yes"}, ssl=True,
-        )
-        try:
-            return await forward_fast(request, pool, up)
-        except UpstreamError as exc:
-            return web.Response(status=exc.status, text=exc.reason)
-
-    app = web.Application(client_max_size=0)
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession(auto_decompress=False) as client:
-        try:
-            yield raw, client, f"http://127.0.0.1:{port}", pool
-        finally:
-            await pool.close()
-            await runner.cleanup()
-            await raw.__aexit__()
+) -> AsyncIterator[tuple[RawUpstream, aiohttp.ClientSession, str, None]]:
+    """A real clawgate (in this loop) whose one route leads to the scripted upstream; the
+    client is signed in, so every request takes the front's upstream link."""
+    route: dict[str, Any] = {"set_response_headers": {"X-Added": "yes"}}
+    if timeout:
+        route["timeout"] = f"{timeout}s"
+    if idle:
+        route["idle_timeout"] = f"{idle}s"
+    with tempfile.TemporaryDirectory() as directory:
+        async with (
+            RawUpstream(script) as raw,
+            gate_with_metrics(raw.url, Path(directory), route=route) as (gate, _),
+        ):
+            cookie = mint_cookie(gate)
+            connector = aiohttp.TCPConnector(ssl=False)
+            async with aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, headers={"Cookie": cookie}
+            ) as client:
+                yield raw, client, gate.url, None
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -99,7 +88,7 @@ async def test_keep_alive_reuse_and_response_header_hygiene() -> None:
             b"hello", b"Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: t=5\r\n"
                       b"X-Kept: 2\r\n"))
 
-    async with proxied(script) as (raw, client, base, pool):
+    async with proxied(script) as (raw, client, base, _pool):
         raw_ref.append(raw)
         for _ in range(3):
             async with client.get(f"{base}/a?b=1") as resp:
@@ -109,7 +98,6 @@ async def test_keep_alive_reuse_and_response_header_hygiene() -> None:
                 assert resp.headers["X-Kept"] == "2" and resp.headers["X-Added"] == "yes"
         assert raw.connections == 1
         assert raw.requests[0].startswith(b"GET /a?b=1 HTTP/1.1\r\n")
-        assert pool.idle_count() == 1
 
 
 async def test_connection_close_is_not_reused() -> None:
@@ -243,7 +231,7 @@ async def test_errors_before_the_head_are_502_and_504() -> None:
         proxied(silent, timeout=0.3) as (_, client, base, _pool),
         client.get(f"{base}/") as resp,
     ):
-        assert resp.status == 504 and await resp.text() == "upstream_timeout"
+        assert resp.status == 504 and (await resp.json())["error"] == "upstream_timeout"
 
     async def garbage(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         await r.readuntil(b"\r\n\r\n")
@@ -258,15 +246,7 @@ async def test_errors_before_the_head_are_502_and_504() -> None:
 
     async with proxied(hang_up) as (_, client, base, _pool), client.get(f"{base}/") as resp:
         assert resp.status == 502
-
-    pool = UpstreamPool()
-    port = _closed_port()
-    request = _fake_request()
-    with pytest.raises(UpstreamError) as info:
-        await forward_fast(request, pool, UpstreamRequest(
-            url=URL(f"http://127.0.0.1:{port}/"), headers=CIMultiDict(Host="x"), timeout=2,
-            idle_timeout=None, response_headers={}, ssl=True))
-    assert info.value.status == 502 and info.value.reason == "upstream_unreachable"
+    # An upstream that is not there at all: tests/proxy/test_front.py.
 
 
 async def test_upstream_dying_mid_body_cuts_the_client_connection() -> None:
@@ -322,25 +302,7 @@ async def test_stale_keep_alive_connection_is_retried_for_get() -> None:
 def test_header_values_cannot_split_the_request() -> None:
     for name, value in (("X-A", "v\r\nX-Injected: 1"), ("X-A", "v\nX"), ("X-B\r\nX-C", "1"),
                         ("X-A", "v\x00")):
-        up = UpstreamRequest(url=URL("http://u/"), headers=CIMultiDict({name: value}),
-                             timeout=None, idle_timeout=None, response_headers={}, ssl=True)
         with pytest.raises(UpstreamError):
-            serialize_head("GET", up.url.raw_path_qs, up.headers, "")
-    fine = UpstreamRequest(url=URL("http://u/p?q=1"), headers=CIMultiDict(Host="u"),
-                           timeout=None, idle_timeout=None, response_headers={}, ssl=True)
-    serialized = serialize_head("GET", fine.url.raw_path_qs, fine.headers, "")
+            serialize_head("GET", "/", CIMultiDict({name: value}), "")
+    serialized = serialize_head("GET", "/p?q=1", CIMultiDict(Host="u"), "")
     assert serialized == b"GET /p?q=1 HTTP/1.1\r\nHost: u\r\n\r\n"
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _fake_request() -> web.Request:
-    from aiohttp.test_utils import make_mocked_request
-
-    return make_mocked_request("GET", "/")
