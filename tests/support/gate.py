@@ -167,10 +167,24 @@ class GateProcess:
                 import socket
 
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                    pass
             except OSError:
                 time.sleep(0.1)
+                continue
+            # With workers, the port answers once the first one listens; tests that count
+            # on connections being spread need every worker listening.
+            workers = int(self.config.get("workers", 1))
+            if workers <= 1 or self._listening() >= workers:
+                return self
+            time.sleep(0.1)
         raise RuntimeError("clawgate process did not listen in time")
+
+    def _listening(self) -> int:
+        return sum(
+            1
+            for line in self.log_text().splitlines()
+            if ("listening" in line and "metrics_listening" not in line)
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
