@@ -33,8 +33,8 @@ from proxy.handler import (
     match_route,
     upstream_target,
 )
-from proxy.identity import _sealed_with_old_secret, to_identity
-from proxy.requestid import request_id
+from proxy.identity import sealed_with_old_secret, to_identity
+from proxy.requestid import new_request_id, trusted_request_id
 from proxy.runtime import Runtime, forwarded_client
 from proxy.session import Session, SessionCodec, SessionError, parse_cookie_header
 from proxy.settings import Settings
@@ -291,7 +291,8 @@ def _plan_fresh(
         return None
 
     # Committed: from here on this request is the front's.
-    rid = request_id(headers, hops > 0)
+    given = trusted_request_id(headers) if hops > 0 else None
+    rid = given or new_request_id()
     user = _admitted(rid, session, decision.reason, route, method, path)
     out = upstream_headers(
         headers,
@@ -309,6 +310,7 @@ def _plan_fresh(
     if upgrade:
         out["Connection"] = "Upgrade"
         out["Upgrade"] = "websocket"
+    key = pool_key(route)
     try:
         prefix = serialize_head(method, upstream_target(route, path, query), out, "")[:-2]
         request_head = _with_id(prefix, rid)
@@ -317,7 +319,6 @@ def _plan_fresh(
     if prefix and not upgrade and len(head_bytes) <= _TEMPLATE_HEAD_MAX:
         if len(_TEMPLATES) >= _TEMPLATES_MAX:
             _TEMPLATES.clear()
-        given = request_id(headers, True) if hops > 0 else None
         _TEMPLATES[(head_bytes, peer_ip)] = _Template(
             snap=snap,
             route=route,
@@ -333,7 +334,8 @@ def _plan_fresh(
             prefix=prefix,
             body_left=length or 0,
             close_after=close_after,
-            given_id=given if given == rid else None,
+            given_id=given,
+            key=key,
         )
     return Exchange(
         route=route,
@@ -344,7 +346,7 @@ def _plan_fresh(
         user=user,
         headers=headers,
         head_bytes=request_head,
-        key=pool_key(route),
+        key=key,
         body_left=length or 0,
         session=session,
         client_ip=ip,
@@ -401,6 +403,7 @@ class _Template:
         "given_id",
         "headers",
         "host",
+        "key",
         "method",
         "path",
         "prefix",
@@ -428,6 +431,7 @@ class _Template:
         body_left: int,
         close_after: bool,
         given_id: str | None,
+        key: PoolKey,
     ) -> None:
         self.snap = snap
         self.route = route
@@ -444,6 +448,7 @@ class _Template:
         self.body_left = body_left
         self.close_after = close_after
         self.given_id = given_id
+        self.key = key
 
 
 # Heads admitted before, by (head bytes, peer address). Bounded in entries and in the
@@ -478,7 +483,7 @@ def _from_template(t: _Template, runtime: Runtime, throttle: Throttle) -> Exchan
                 return _STALE  # re-signed since: the header set changes
     if _limited(throttle, t.snap.settings, t.client_ip, session):
         return None
-    rid = t.given_id or request_id(t.headers, False)
+    rid = t.given_id or new_request_id()
     user = _admitted(rid, session, t.reason, route, t.method, t.path)
     return Exchange(
         route=route,
@@ -489,7 +494,7 @@ def _from_template(t: _Template, runtime: Runtime, throttle: Throttle) -> Exchan
         user=user,
         headers=t.headers,
         head_bytes=_with_id(t.prefix, rid),
-        key=pool_key(route),
+        key=t.key,
         body_left=t.body_left,
         session=session,
         client_ip=t.client_ip,
@@ -528,7 +533,7 @@ def _session(snap: Snapshot, cookie: bytes, host: str, now: int) -> Session | No
             return cached
     cookies = parse_cookie_header(cookie.decode("utf-8", "surrogateescape"), codec.cookie_name)
     session = codec.decode(cookies, host=host, now=now)
-    if session is not None and _sealed_with_old_secret(snap, cookies, session, now):
+    if session is not None and sealed_with_old_secret(snap, cookies, session, now):
         raise SessionError("old_secret", "sealed with a secret being rotated out")
     if session is not None and len(cookie) <= 8192:  # only what opened: bounded by design
         if len(_SESSIONS) >= _CACHE_MAX:

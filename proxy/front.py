@@ -81,8 +81,6 @@ class Front:
         # asyncio.get_running_loop() costs a getpid() on Python 3.11: look it up once.
         self.loop = asyncio.get_running_loop()
         self.connections: set[FrontConnection] = set()
-        self.handed_off = 0
-        self.served = 0
         self.drained: asyncio.Event | None = None  # set while shutting down
 
     def protocol(self) -> FrontConnection:
@@ -277,7 +275,6 @@ class FrontConnection(asyncio.Protocol):
         if ex is None:
             self._hand_off()
             return
-        front.served += 1
         metrics.fast_path(True)
         del buf[:cut]
         self._ex = ex
@@ -314,7 +311,6 @@ class FrontConnection(asyncio.Protocol):
         if transport is None:
             return
         front = self._front
-        front.handed_off += 1
         metrics.fast_path(False)
         front.connections.discard(self)
         self._cancel_timers()

@@ -99,7 +99,7 @@ async def resolve(runtime: Runtime, request: web.BaseRequest) -> Resolved:
     if session.sid in runtime.revoked:
         return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem="signed_out")
     if not session.needs_refresh(now):
-        if _sealed_with_old_secret(snap, cookies, session, now):
+        if sealed_with_old_secret(snap, cookies, session, now):
             # Rotation: move the session to the new secret so the old one can be dropped.
             pairs = codec.encode(session)
             stale = [n for n in codec.chunk_names(cookies) if n not in {p[0] for p in pairs}]
@@ -160,7 +160,7 @@ def _primary_codec(snap: Snapshot, now: int) -> SessionCodec | None:
     return primary
 
 
-def _sealed_with_old_secret(
+def sealed_with_old_secret(
     snap: Snapshot, cookies: Mapping[str, str], session: Session, now: int
 ) -> bool:
     primary = _primary_codec(snap, now)

@@ -22,11 +22,18 @@ class _RandomIds:
 _RANDOM_IDS = _RandomIds()
 
 
-def request_id(headers: Mapping[str, str], trust: bool) -> str:
-    """The id for a request: the ``X-Request-Id`` a trusted hop sent when it is short
-    and printable, otherwise a fresh random one."""
-    if trust:
-        given = headers.get("X-Request-Id", "")
-        if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
-            return given
+def trusted_request_id(headers: Mapping[str, str]) -> str | None:
+    """The ``X-Request-Id`` a trusted hop sent, when it is short and printable."""
+    given = headers.get("X-Request-Id", "")
+    if 0 < len(given) <= 128 and given.isprintable() and " " not in given:
+        return given
+    return None
+
+
+def new_request_id() -> str:
     return _RANDOM_IDS.next()
+
+
+def request_id(headers: Mapping[str, str], trust: bool) -> str:
+    """The id for a request: the one a trusted hop sent, otherwise a fresh random one."""
+    return (trust and trusted_request_id(headers)) or _RANDOM_IDS.next()
