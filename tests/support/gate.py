@@ -160,6 +160,7 @@ class GateProcess:
             cwd=Path(__file__).resolve().parents[2],
         )
         deadline = time.monotonic() + timeout
+        workers = int(self.config.get("workers", 1))
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"clawgate exited: {self.log_text()[-2000:]}")
@@ -172,11 +173,16 @@ class GateProcess:
                 time.sleep(0.1)
                 continue
             # With workers, the port answers once the first one listens; tests that count
-            # on connections being spread need every worker listening.
-            workers = int(self.config.get("workers", 1))
-            if workers <= 1 or self._listening() >= workers:
-                return self
-            time.sleep(0.1)
+            # on connections being spread need every worker listening. A loaded machine
+            # can start the others a good while later: give them as long again.
+            later = time.monotonic() + max(timeout, 30)
+            while workers > 1 and self._listening() < workers:
+                if time.monotonic() > later or self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"not every worker listened: {self.log_text()[-2000:]}"
+                    )
+                time.sleep(0.1)
+            return self
         raise RuntimeError("clawgate process did not listen in time")
 
     def _listening(self) -> int:
