@@ -178,12 +178,14 @@ class GateProcess:
             later = time.monotonic() + max(timeout, 30)
             while workers > 1 and self._listening() < workers:
                 if time.monotonic() > later or self.proc.poll() is not None:
+                    self.stop()
                     raise RuntimeError(
                         f"not every worker listened: {self.log_text()[-2000:]}"
                     )
                 time.sleep(0.1)
             return self
-        raise RuntimeError("clawgate process did not listen in time")
+        self.stop()  # a process that never became ready must not outlive the test
+        raise RuntimeError(f"clawgate process did not listen in time: {self.log_text()[-2000:]}")
 
     def _listening(self) -> int:
         return sum(
