@@ -40,7 +40,7 @@ from proxy.ratelimit import address_key
 from proxy.runtime import Runtime
 from proxy.snapshot import HSTS
 from proxy.throttle import Throttle
-from proxy.upstream_link import LinkPool, UpstreamLink
+from proxy.upstream_link import LinkPool, ResponseHead, UpstreamLink
 from proxy.websocket import LiveConnection
 from proxy.wsrelay import RawRelay, open_upstream
 
@@ -444,31 +444,32 @@ class FrontConnection(asyncio.Protocol):
             if sum(map(len, self._body_pending)) > _HIGH_WATER:
                 self.pause_client_reading(2)
 
-    def response_head(self, link: UpstreamLink) -> None:
+    def response_head(self, link: UpstreamLink, head: ResponseHead) -> None:
         ex = self._ex
         assert ex is not None
-        status = link.status
+        status = head.status
         self._status = status
         metrics.observe_upstream(ex.route.name, self._loop.time() - self._sent_at)
-        framed = False
-        for name, _ in link.headers:
-            lname = name.lower()
-            if lname == b"content-length":
-                framed = True
-            elif lname == b"transfer-encoding":
-                framed = True
-                link.chunked_out = True  # llhttp hands over de-chunked bytes
+        if head.chunked:
+            link.chunked_out = True  # llhttp hands over de-chunked bytes
         no_body = ex.method == "HEAD" or status in _NO_BODY_STATUS
-        if not framed and not no_body:
+        if not head.framed and not no_body:
             link.chunked_out = link.until_eof = True
+        chunked = link.chunked_out and not no_body
+        extras = _extras(ex.response_headers)
+        rendered = head.rendered.get((extras, chunked))
+        if rendered is None:
+            if len(head.rendered) >= 16:  # routes of configurations no longer in force
+                head.rendered.clear()
+            rendered = head.rendered[(extras, chunked)] = _head_prefix(
+                status, head.reason, head.headers, extras, chunked=chunked
+            )
+        prefix, needs_id = rendered
         link.out.append(
-            response_head_bytes(
-                status,
-                link.reason,
-                link.headers,
-                _extras(ex.response_headers),
-                ex.rid,
-                chunked=link.chunked_out and not no_body,
+            _head_suffix(
+                prefix,
+                ex.rid if needs_id else None,
+                chunked=chunked,
                 close=ex.close_after or self._draining or ex.body_left > 0,
             )
         )
@@ -773,6 +774,21 @@ def response_head_bytes(
     """The client's response head, straight from the upstream's header bytes (llhttp
     has refused CR, LF and NUL in them): hop-by-hop headers and those the upstream's
     ``Connection`` names dropped, the route's headers applied as in forward.py."""
+    prefix, needs_id = _head_prefix(status, reason, raw, extras, chunked=chunked)
+    return _head_suffix(prefix, rid if needs_id else None, chunked=chunked, close=close)
+
+
+def _head_prefix(
+    status: int,
+    reason: bytes,
+    raw: list[tuple[bytes, bytes]],
+    extras: _Extras,
+    *,
+    chunked: bool,
+) -> tuple[bytes, bool]:
+    """What of the client's head depends only on the upstream's head and the route: the
+    status line and header lines, each ending in CRLF; and whether clawgate's request id
+    is to be added (the upstream or the route may set their own)."""
     drop: frozenset[bytes] | set[bytes] = _HOP_BY_HOP
     for name, value in raw:
         if name.lower() == b"connection":
@@ -791,14 +807,21 @@ def response_head_bytes(
     for lname, line in extras.defaults:
         if lname not in present:
             lines.append(line)
-    if b"x-request-id" not in present and b"x-request-id" not in overrides:
-        lines.append(b"X-Request-Id: " + rid.encode())
+    lines.append(b"")
+    needs_id = b"x-request-id" not in present and b"x-request-id" not in overrides
+    return b"\r\n".join(lines), needs_id
+
+
+def _head_suffix(prefix: bytes, rid: str | None, *, chunked: bool, close: bool) -> bytes:
+    parts = [prefix]
+    if rid is not None:
+        parts.append(b"X-Request-Id: %s\r\n" % rid.encode())
     if chunked:
-        lines.append(b"Transfer-Encoding: chunked")
+        parts.append(b"Transfer-Encoding: chunked\r\n")
     if close:
-        lines.append(b"Connection: close")
-    lines.append(b"\r\n")
-    return b"\r\n".join(lines)
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def render(

@@ -4,6 +4,13 @@ An :class:`UpstreamLink` parses responses with llhttp (httptools) as they arrive
 hands every piece to the :class:`LinkOwner` it currently serves; the owner writes
 them to its client. A link goes back to the :class:`LinkPool` only after a complete
 response on a connection both sides keep alive.
+
+A response head is read as raw bytes and looked up in a small cache of heads seen
+before (:func:`response_head`): an upstream answers most requests with the same bytes
+but for its ``Date`` header once a second, so the head's header list, and what the
+owner makes of it, is built once per distinct head instead of once per response. The
+link's own llhttp parser has no per-header callbacks; llhttp still checks every byte
+of every head and frames every body.
 """
 
 from __future__ import annotations
@@ -19,6 +26,69 @@ from multidict import CIMultiDict
 from proxy.forward import UpstreamError
 
 PoolKey = tuple[str, int, bool, bool]
+
+# A response head longer than this is refused (502): the raw bytes are kept until the
+# head is complete, and nothing legitimate sends 64 KB of response headers.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class ResponseHead:
+    """One distinct response head, parsed: status, reason and header list as llhttp
+    read them. ``rendered`` is the owner's to fill (the client's head, per route)."""
+
+    __slots__ = ("chunked", "framed", "headers", "reason", "rendered", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.framed = False  # Content-Length or Transfer-Encoding: the body has an end
+        self.chunked = False  # Transfer-Encoding: llhttp hands over de-chunked bytes
+        for name, _ in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                self.framed = True
+            elif lname == b"transfer-encoding":
+                self.framed = self.chunked = True
+        self.rendered: dict[object, tuple[bytes, bool]] = {}
+
+
+class _HeadReader:
+    """llhttp callbacks gathering one response head."""
+
+    __slots__ = ("headers", "reason")
+
+    def __init__(self) -> None:
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+# Heads by their exact bytes; bounded in entries and in the size of each head.
+_HEADS: dict[bytes, ResponseHead] = {}
+_HEADS_MAX = 512
+_HEAD_CACHED_MAX = 4096
+
+
+def response_head(raw: bytes, status: int) -> ResponseHead:
+    """The parsed head of ``raw`` (a whole head, ending in CRLF CRLF, that llhttp has
+    accepted and found ``status`` in)."""
+    hit = _HEADS.get(raw)
+    if hit is not None:
+        return hit
+    reader = _HeadReader()
+    httptools.HttpResponseParser(reader).feed_data(raw)
+    head = ResponseHead(status, reader.reason, reader.headers)
+    if len(raw) <= _HEAD_CACHED_MAX:
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[raw] = head
+    return head
 
 
 def serialize_head(method: str, target: str, headers: CIMultiDict[str], framing: str) -> bytes:
@@ -37,7 +107,7 @@ def serialize_head(method: str, target: str, headers: CIMultiDict[str], framing:
 class LinkOwner(Protocol):
     """What a link reports to the connection it serves."""
 
-    def response_head(self, link: UpstreamLink) -> None: ...
+    def response_head(self, link: UpstreamLink, head: ResponseHead) -> None: ...
 
     def upstream_progress(self, link: UpstreamLink) -> None: ...
 
@@ -61,7 +131,6 @@ class UpstreamLink(asyncio.Protocol):
         "complete",
         "got_bytes",
         "head_done",
-        "headers",
         "idle_since",
         "interim",
         "keep_alive",
@@ -71,7 +140,7 @@ class UpstreamLink(asyncio.Protocol):
         "parser",
         "paused",
         "pool",
-        "reason",
+        "raw",
         "reused",
         "skip_body",
         "status",
@@ -94,8 +163,7 @@ class UpstreamLink(asyncio.Protocol):
 
     def reset(self, skip_body: bool) -> None:
         self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.raw = b""  # the response head's bytes so far (and what followed them)
         self.head_done = False
         self.interim = False
         self.skip_body = skip_body
@@ -127,6 +195,11 @@ class UpstreamLink(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        if not self.head_done:
+            self.raw = self.raw + data if self.raw else data
+            if len(self.raw) > MAX_RESPONSE_HEAD and self.raw.find(b"\r\n\r\n") < 0:
+                owner.upstream_failed(UpstreamError(502, "upstream_error:head_too_large"))
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -154,22 +227,22 @@ class UpstreamLink(asyncio.Protocol):
 
     # -- llhttp ---------------------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.head_done:  # trailers arrive here too; they are dropped
-            self.headers.append((name, value))
+    # No on_status / on_header: the head is read from its raw bytes (module text), and
+    # trailers are dropped.
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        raw = self.raw
+        end = raw.find(b"\r\n\r\n") + 4  # llhttp insists on CRLF: the head ends there
         if 100 <= status < 200:
             self.interim = True  # 100 Continue, 103 Early Hints: not relayed
+            self.raw = raw[end:]
             return
         self.status = status
         self.head_done = True
+        self.raw = b""
         if self.owner is not None:
-            self.owner.response_head(self)
+            self.owner.response_head(self, response_head(raw[:end], status))
         if self.skip_body:
             # Whatever length a HEAD response announces, no body follows; llhttp cannot
             # be told so, hence no reuse of this connection afterwards.
@@ -188,8 +261,6 @@ class UpstreamLink(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
-            self.headers = []
-            self.reason = b""
             return
         if self.skip_body:
             return

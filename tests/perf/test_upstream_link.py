@@ -299,6 +299,57 @@ async def test_stale_keep_alive_connection_is_retried_for_get() -> None:
         assert raw.connections == 2
 
 
+async def test_response_heads_split_anywhere_and_each_heads_own_headers() -> None:
+    """Heads are read from their raw bytes and remembered by them: a head cut at every
+    byte, interim heads in front, and heads that differ only in one value must each
+    arrive as sent, never as a remembered neighbour."""
+    raw_ref: list[RawUpstream] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        n = 0
+        while True:
+            head, _ = await read_request(r, raw_ref[0])
+            n += 1
+            answer = ok(b"body%d" % n, b"X-N: %d\r\nX-Same: s\r\n" % n)
+            if b"/early " in head:
+                answer = b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + answer
+            if b"/split " in head:
+                cut = answer.index(b"\r\n\r\n") + 6
+                for i in range(cut):  # one byte per segment up to just into the body
+                    w.write(answer[i : i + 1])
+                    await w.drain()
+                    await asyncio.sleep(0.001)
+                w.write(answer[cut:])
+            else:
+                w.write(answer)
+            await w.drain()
+
+    async with proxied(script) as (raw, client, base, _):
+        raw_ref.append(raw)
+        for i, path in enumerate(["/a", "/b", "/split", "/early", "/split", "/a"], start=1):
+            async with client.get(f"{base}{path}") as resp:
+                assert resp.status == 200, path
+                assert resp.headers["X-N"] == str(i), path
+                assert resp.headers["X-Same"] == "s" and resp.headers["X-Added"] == "yes"
+                assert "Link" not in resp.headers  # interim heads are not relayed
+                assert await resp.read() == b"body%d" % i, path
+        assert raw.connections == 1
+
+
+async def test_an_endless_response_head_is_refused_with_502() -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(2000):
+            w.write(b"X-Filler-%d: %s\r\n" % (i, b"f" * 60))
+            await w.drain()
+        await asyncio.sleep(5)
+
+    async with proxied(script) as (_, client, base, _pool), client.get(f"{base}/") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"] == "upstream_unavailable"
+
+
 def test_header_values_cannot_split_the_request() -> None:
     for name, value in (("X-A", "v\r\nX-Injected: 1"), ("X-A", "v\nX"), ("X-B\r\nX-C", "1"),
                         ("X-A", "v\x00")):
