@@ -9,6 +9,12 @@ Public surface:
 - :func:`metrics_app`: the aiohttp app for ``metrics_address`` (``GET /metrics``).
 - :func:`idp_trace`: an aiohttp ``TraceConfig`` counting calls to the identity provider.
 
+Updates made while an event loop runs are gathered and applied to the Prometheus
+objects together at the start of the loop's next turn (:class:`_Batch`): a busy loop
+serves dozens of requests per turn, and each counter then takes one locked update per
+turn instead of one per request. A scrape applies what is gathered first, so it never
+misses an update made before it.
+
 Labels stay bounded whatever the traffic: routes come from the config, statuses are
 three-digit numbers, and a decision's reason is reduced to its kind (``groups``,
 ``anonymous``, ``no_match``...) because the full reason names users and values.
@@ -20,8 +26,11 @@ and the metrics listener adds them up, so one scrape sees the whole instance.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import threading
+from bisect import bisect_left
 from typing import Any
 
 from aiohttp import TraceConfig, TraceRequestEndParams, TraceRequestExceptionParams, web
@@ -106,6 +115,78 @@ CONFIG_GENERATION = Gauge(
     multiprocess_mode="max",
 )
 
+_BOUNDS = (*_BUCKETS, float("inf"))
+
+
+class _Batch:
+    """Counter increments and histogram observations gathered during one turn of the
+    event loop, applied at the start of the next (or at once outside a loop)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, float] = {}
+        # histogram child -> [sum, count in bucket 0, count in bucket 1, ...]
+        self.observations: dict[Any, list[float]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = 0
+        self.lock = threading.Lock()
+
+    def count(self, child: Any, amount: float = 1) -> None:
+        if self._gathering():
+            counts = self.counts
+            counts[child] = counts.get(child, 0) + amount
+        else:
+            child.inc(amount)
+
+    def observe(self, child: Any, seconds: float) -> None:
+        if self._gathering():
+            row = self.observations.get(child)
+            if row is None:
+                row = self.observations[child] = [0.0] * (len(_BOUNDS) + 1)
+            row[0] += seconds
+            # Prometheus's bucket is the first whose bound is >= the value.
+            row[1 + bisect_left(_BOUNDS, seconds)] += 1
+        else:
+            child.observe(seconds)
+
+    def _gathering(self) -> bool:
+        if self.loop is not None:
+            # A flush is due on that loop; another thread's update is applied at once.
+            return self.thread == threading.get_ident()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        with self.lock:
+            if self.loop is not None:
+                return self.loop is loop
+            self.loop, self.thread = loop, threading.get_ident()
+        loop.call_soon(self.flush)
+        return True
+
+    def flush(self) -> None:
+        with self.lock:
+            counts, self.counts = self.counts, {}
+            observations, self.observations = self.observations, {}
+            self.loop = None
+        for child, amount in counts.items():
+            child.inc(amount)
+        for child, row in observations.items():
+            # Histogram.observe() per sample is what this saves; its per-bucket values
+            # (``_sum``, ``_buckets``) are what it updates, in the same order.
+            child._sum.inc(row[0])
+            for index, seen in enumerate(row[1:]):
+                if seen:
+                    child._buckets[index].inc(seen)
+
+
+_BATCH = _Batch()
+
+
+def flush() -> None:
+    """Apply the updates gathered in this loop turn (a scrape does this first)."""
+    _BATCH.flush()
+
+
 # Children cached by label values: .labels() takes a lock and builds a key every call.
 _request_children: dict[tuple[str, int], Any] = {}
 _latency_children: dict[str, Any] = {}
@@ -122,11 +203,11 @@ def observe_request(route: str | None, status: int, seconds: float) -> None:
         if len(_request_children) > _MAX_CACHED:
             _request_children.clear()
         counter = _request_children[key] = REQUESTS.labels(name, str(status))
-    counter.inc()
+    _BATCH.count(counter)
     hist = _latency_children.get(name)
     if hist is None:
         hist = _latency_children[name] = REQUEST_SECONDS.labels(name)
-    hist.observe(seconds)
+    _BATCH.observe(hist, seconds)
 
 
 _KIND = re.compile(r"^(?:allow|deny): (?:rule \d+ \S+ )?(?:not )?([a-z_]+)")
@@ -159,14 +240,14 @@ def observe_decision(allow: bool, reason: str) -> None:
     counter = _decision_children.get(key)
     if counter is None:
         counter = _decision_children[key] = DECISIONS.labels("allow" if allow else "deny", kind)
-    counter.inc()
+    _BATCH.count(counter)
 
 
 def observe_upstream(route: str, seconds: float) -> None:
     hist = _upstream_children.get(route)
     if hist is None:
         hist = _upstream_children[route] = UPSTREAM_SECONDS.labels(route)
-    hist.observe(seconds)
+    _BATCH.observe(hist, seconds)
 
 
 def upstream_error(route: str, reason: str) -> None:
@@ -175,7 +256,7 @@ def upstream_error(route: str, reason: str) -> None:
 
 
 def fast_path(served: bool) -> None:
-    (_FAST_SERVED if served else _FAST_HANDED).inc()
+    _BATCH.count(_FAST_SERVED if served else _FAST_HANDED)
 
 
 def websocket_opened() -> None:
@@ -251,6 +332,7 @@ def metrics_app() -> web.Application:
     registry = _registry()
 
     async def metrics(request: web.Request) -> web.Response:
+        flush()
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

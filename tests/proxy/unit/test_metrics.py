@@ -1,0 +1,80 @@
+"""proxy/metrics.py: updates gathered per event-loop turn export exactly what direct
+updates would have."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from proxy import metrics
+from proxy.metrics import _BUCKETS, _Batch
+
+
+def _pair() -> tuple[CollectorRegistry, Counter, Histogram]:
+    registry = CollectorRegistry()
+    counter = Counter("t_requests_total", "t", ["route"], registry=registry)
+    hist = Histogram("t_seconds", "t", ["route"], buckets=_BUCKETS, registry=registry)
+    return registry, counter, hist
+
+
+# Values on, just under and past bucket bounds, tiny, huge and zero.
+SAMPLES = [0.0, 0.0004, 0.0005, 0.00051, 0.001, 0.003, 0.0999, 0.1, 0.7, 9.99, 30.0, 31.0, 1e6]
+
+
+def test_a_turns_batch_exports_the_same_text_as_direct_updates() -> None:
+    direct_registry, direct_counter, direct_hist = _pair()
+    for value in SAMPLES:
+        direct_counter.labels("r").inc()
+        direct_hist.labels("r").observe(value)
+
+    batched_registry, counter, hist = _pair()
+    batch = _Batch()
+
+    async def one_turn() -> str:
+        for value in SAMPLES:
+            batch.count(counter.labels("r"))
+            batch.observe(hist.labels("r"), value)
+        before = generate_latest(batched_registry).decode()
+        await asyncio.sleep(0)  # the flush runs at the start of the next turn
+        return before
+
+    before = asyncio.run(one_turn())
+    assert "t_requests_total" not in before or 't_requests_total{route="r"} 0.0' in before
+    strip = [ln for ln in generate_latest(direct_registry).decode().splitlines()
+             if "_created" not in ln]
+    got = [ln for ln in generate_latest(batched_registry).decode().splitlines()
+           if "_created" not in ln]
+    assert got == strip
+    assert f't_seconds_count{{route="r"}} {float(len(SAMPLES))}' in got
+
+
+def test_outside_a_loop_and_from_other_threads_updates_apply_at_once() -> None:
+    registry, counter, hist = _pair()
+    batch = _Batch()
+    batch.count(counter.labels("r"), 2)
+    batch.observe(hist.labels("r"), 0.2)
+    assert counter.labels("r")._value.get() == 2
+
+    async def in_loop() -> None:
+        batch.count(counter.labels("r"))  # gathered: this loop turn
+        other = threading.Thread(target=lambda: batch.count(counter.labels("r"), 10))
+        other.start()
+        other.join()
+        assert counter.labels("r")._value.get() == 12  # the other thread's, at once
+        await asyncio.sleep(0)
+        assert counter.labels("r")._value.get() == 13
+
+    asyncio.run(in_loop())
+    assert 't_seconds_count{route="r"} 1.0' in generate_latest(registry).decode()
+
+
+def test_a_scrape_sees_updates_of_the_current_turn() -> None:
+    async def scrape_now() -> str:
+        metrics.observe_request("batch-route", 200, 0.01)
+        metrics.flush()
+        return generate_latest(metrics.REGISTRY).decode()
+
+    text = asyncio.run(scrape_now())
+    assert 'clawgate_http_requests_total{route="batch-route",status="200"} 1.0' in text
