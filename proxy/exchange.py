@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import httptools
 import structlog
@@ -145,6 +146,7 @@ def plan(
     head_bytes: bytes,
     peer_ip: str,
     transport_scheme: str,
+    logger: Any = log,
 ) -> Exchange | None:
     """The exchange for this request head, or None when aiohttp's handler must take it.
 
@@ -162,10 +164,10 @@ def plan(
         return None
     template = _TEMPLATES.get((head_bytes, peer_ip))
     if template is not None and template.snap is runtime.snapshot:
-        outcome = _from_template(template, runtime, throttle)
+        outcome = _from_template(template, runtime, throttle, logger)
         if not isinstance(outcome, _Stale):
             return outcome
-    return _plan_fresh(runtime, throttle, head_bytes, peer_ip, transport_scheme)
+    return _plan_fresh(runtime, throttle, head_bytes, peer_ip, transport_scheme, logger)
 
 
 def _plan_fresh(
@@ -174,6 +176,7 @@ def _plan_fresh(
     head_bytes: bytes,
     peer_ip: str,
     transport_scheme: str,
+    logger: Any,
 ) -> Exchange | None:
     head = _Head()
     parser = httptools.HttpRequestParser(head)
@@ -293,7 +296,7 @@ def _plan_fresh(
     # Committed: from here on this request is the front's.
     given = trusted_request_id(headers) if hops > 0 else None
     rid = given or new_request_id()
-    user = _admitted(rid, session, decision.reason, route, method, path)
+    user = _admitted(logger, rid, session, decision.reason, route, method, path)
     out = upstream_headers(
         headers,
         request_host=host,
@@ -369,12 +372,18 @@ def _limited(throttle: Throttle, settings: Settings, ip: str, session: Session |
 
 
 def _admitted(
-    rid: str, session: Session | None, reason: str, route: Route, method: str, path: str
+    logger: Any,
+    rid: str,
+    session: Session | None,
+    reason: str,
+    route: Route,
+    method: str,
+    path: str,
 ) -> str | None:
     """Count and log the allow decision, as the handler does; returns the user's name."""
     user = (session.email or session.sub) if session is not None else None
     metrics.observe_decision(True, reason)
-    log.info(
+    logger.info(
         "authorization",
         request_id=rid,
         allow=True,
@@ -465,7 +474,9 @@ class _Stale:
 _STALE = _Stale()
 
 
-def _from_template(t: _Template, runtime: Runtime, throttle: Throttle) -> Exchange | _Stale | None:
+def _from_template(
+    t: _Template, runtime: Runtime, throttle: Throttle, logger: Any
+) -> Exchange | _Stale | None:
     """An exchange from ``t``, None to hand the request over, or _STALE to admit afresh."""
     session = t.session
     now = int(time.time())
@@ -484,7 +495,7 @@ def _from_template(t: _Template, runtime: Runtime, throttle: Throttle) -> Exchan
     if _limited(throttle, t.snap.settings, t.client_ip, session):
         return None
     rid = t.given_id or new_request_id()
-    user = _admitted(rid, session, t.reason, route, t.method, t.path)
+    user = _admitted(logger, rid, session, t.reason, route, t.method, t.path)
     return Exchange(
         route=route,
         rid=rid,

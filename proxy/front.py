@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -78,6 +79,9 @@ class Front:
         self.fallback = fallback
         self.scheme = scheme
         self.pool = LinkPool()
+        # The configured logger itself, not structlog's lazy proxy (one lookup less per
+        # line, two lines per request); made after logging is configured.
+        self.log: Any = log.bind()
         # asyncio.get_running_loop() costs a getpid() on Python 3.11: look it up once.
         self.loop = asyncio.get_running_loop()
         self.connections: set[FrontConnection] = set()
@@ -271,7 +275,9 @@ class FrontConnection(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         front = self._front
-        ex = plan(front.runtime, front.throttle, bytes(buf[:cut]), self._peer_ip, front.scheme)
+        ex = plan(
+            front.runtime, front.throttle, bytes(buf[:cut]), self._peer_ip, front.scheme, front.log
+        )
         if ex is None:
             self._hand_off()
             return
@@ -603,7 +609,7 @@ class FrontConnection(asyncio.Protocol):
         self._ex = None
         self._clear_udeadline()
         elapsed = self._loop.time() - self._started
-        log.info(
+        self._front.log.info(
             "access",
             request_id=ex.rid,
             method=ex.method,

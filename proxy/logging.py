@@ -67,16 +67,39 @@ _BOUND: dict[str, contextvars.ContextVar[Any]] | None = getattr(
 )
 
 
+class _Bound:
+    """The context variables structlog has made for bound keys, with their output
+    names; rebuilt only when a new key has been bound since."""
+
+    __slots__ = ("count", "pairs")
+
+    def __init__(self) -> None:
+        self.count = -1
+        self.pairs: tuple[tuple[str, contextvars.ContextVar[Any]], ...] = ()
+
+    def current(self, registry: dict[str, contextvars.ContextVar[Any]]) -> tuple[
+        tuple[str, contextvars.ContextVar[Any]], ...
+    ]:
+        if len(registry) != self.count:
+            items = list(registry.items())  # another thread may be binding a new key
+            self.pairs = tuple((name[STRUCTLOG_KEY_PREFIX_LEN:], var) for name, var in items)
+            self.count = len(items)
+        return self.pairs
+
+
+_BOUND_VARS = _Bound()
+
+
 def add_context(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     """``merge_contextvars``, ``add_log_level`` and ``TimeStamper`` in one step, with the
     same keys."""
     if _BOUND is not None:
-        for name, var in list(_BOUND.items()):
+        for name, var in _BOUND_VARS.current(_BOUND):
             value = var.get(Ellipsis)
-            if value is not Ellipsis:
-                event_dict.setdefault(name[STRUCTLOG_KEY_PREFIX_LEN:], value)
+            if value is not Ellipsis and name not in event_dict:
+                event_dict[name] = value
     else:  # pragma: no cover - a structlog without the registry
         for var, value in contextvars.copy_context().items():
             name = var.name
@@ -261,8 +284,32 @@ class FastBoundLogger(structlog.BoundLoggerBase):
         return self.info(event, *args, **kw)
 
 
-def _fast_logger_class(level: int) -> type[FastBoundLogger]:
-    return type("FastBoundLogger", (FastBoundLogger,), {"min_level": level})
+_format_exc_info = structlog.processors.format_exc_info
+
+
+class JsonBoundLogger(FastBoundLogger):
+    """The JSON configuration's logger: its processors (``add_context``,
+    ``format_exc_info``, ``render_json``) run inline, each request writing two lines.
+    Any other processor chain (configured elsewhere) takes the general path."""
+
+    def _emit(self, name: str, event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+        if self._processors is not _JSON_CHAIN:
+            return super()._emit(name, event, args, kw)
+        context = self._context
+        event_dict: Any = {**context, **kw} if context else kw  # kw is this call's own
+        event_dict["event"] = event % args if args else event
+        event_dict = add_context(None, name, event_dict)
+        if "exc_info" in event_dict:
+            event_dict = _format_exc_info(None, name, event_dict)
+        return self._logger.msg(render_json(None, name, event_dict))
+
+
+_JSON_CHAIN: list[Any] = [add_context, _format_exc_info, render_json]
+
+
+def _fast_logger_class(level: int, json_lines: bool) -> type[FastBoundLogger]:
+    base = JsonBoundLogger if json_lines else FastBoundLogger
+    return type(base.__name__, (base,), {"min_level": level})
 
 
 def _writer_factory(stream: IO[str]) -> Callable[..., LineWriter]:
@@ -293,8 +340,8 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         )
     else:
         structlog.configure(
-            processors=[add_context, structlog.processors.format_exc_info, render_json],
-            wrapper_class=_fast_logger_class(_LEVELS.get(level, 20)),
+            processors=_JSON_CHAIN,
+            wrapper_class=_fast_logger_class(_LEVELS.get(level, 20), json_lines=True),
             logger_factory=_writer_factory(sys.stderr),
             cache_logger_on_first_use=True,
         )

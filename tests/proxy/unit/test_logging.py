@@ -1,0 +1,82 @@
+"""proxy/logging.py: the JSON lines keep structlog's shape (keys, order, bound context,
+exceptions) on the inlined path too."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sys
+from collections.abc import Iterator
+
+import pytest
+import structlog
+
+from proxy import logging as clawlog
+
+
+@pytest.fixture
+def captured() -> Iterator[io.BytesIO]:
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8")
+    real = sys.stderr
+    sys.stderr = stream
+    try:
+        clawlog.configure("info", "json")
+    finally:
+        sys.stderr = real
+    yield raw
+    structlog.contextvars.clear_contextvars()
+    structlog.reset_defaults()
+
+
+def _lines(raw: io.BytesIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in raw.getvalue().decode().splitlines()]
+
+
+def test_json_lines_carry_bound_context_level_and_time_in_order(captured: io.BytesIO) -> None:
+    log = structlog.get_logger("t").bind()
+    assert isinstance(log, clawlog.JsonBoundLogger)
+    structlog.contextvars.bind_contextvars(worker=3, request_id="from-context")
+    log.info("access", request_id="given", status=200)
+    log.debug("hidden")
+    structlog.contextvars.bind_contextvars(late_key="x")  # a key bound after the first line
+    log.warning("second %s", "arg")
+    [first, second] = _lines(captured)
+    assert list(first) == ["request_id", "status", "event", "worker", "level", "timestamp"]
+    assert first["request_id"] == "given"  # the call's own value wins over the context
+    assert first["worker"] == 3 and first["level"] == "info"
+    assert str(first["timestamp"]).endswith("Z")
+    assert second["event"] == "second arg" and second["late_key"] == "x"
+    assert second["level"] == "warning" and second["request_id"] == "from-context"
+
+
+def test_exceptions_are_rendered_and_lines_gathered_inside_a_loop(captured: io.BytesIO) -> None:
+    log = structlog.get_logger("t").bind()
+
+    async def in_loop() -> int:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+        log.info("after")
+        written = len(captured.getvalue())
+        await asyncio.sleep(0)  # gathered lines are written at the loop's next turn
+        return written
+
+    assert asyncio.run(in_loop()) == 0
+    failed, after = _lines(captured)
+    assert failed["level"] == "error" and "ValueError: boom" in str(failed["exception"])
+    assert after["event"] == "after"
+
+
+def test_another_processor_chain_takes_the_general_path(captured: io.BytesIO) -> None:
+    seen: list[dict[str, object]] = []
+
+    def keep(logger: object, name: str, event_dict: dict[str, object]) -> str:
+        seen.append(dict(event_dict))
+        return json.dumps(event_dict)
+
+    structlog.configure(processors=[keep], cache_logger_on_first_use=False)
+    structlog.get_logger("t").info("plain", a=1)
+    assert seen == [{"a": 1, "event": "plain"}]
