@@ -380,9 +380,10 @@ def _admitted(
     method: str,
     path: str,
 ) -> str | None:
-    """Count and log the allow decision, as the handler does; returns the user's name."""
+    """Count and log the allow decision, as the handler does (and count the request as
+    the front's); returns the user's name."""
     user = (session.email or session.sub) if session is not None else None
-    metrics.observe_decision(True, reason)
+    metrics.front_admitted(reason)
     logger.info(
         "authorization",
         request_id=rid,

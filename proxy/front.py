@@ -134,6 +134,7 @@ class FrontConnection(asyncio.Protocol):
         "_transport",
         "_udeadline",
         "_ukind",
+        "_upstream_s",
         "_utimer",
         "_wrote",
     )
@@ -158,6 +159,7 @@ class FrontConnection(asyncio.Protocol):
         self._ukind = 0
         self._started = 0.0
         self._sent_at = 0.0
+        self._upstream_s = -1.0  # time to the upstream's response head; -1: none came
         self._status = 0
         self._wrote = False
         self._draining = False
@@ -257,9 +259,20 @@ class FrontConnection(asyncio.Protocol):
                 if len(self._buf) > _HIGH_WATER:
                     self.pause_client_reading(2)
             return
-        if not self._buf and self._kind == _IDLE:
-            self._set_deadline(_HEAD, self._front.guard.limits().header_timeout)
-        self._buf += data
+        buf = self._buf
+        if not buf:
+            if self._kind == _IDLE:
+                self._set_deadline(_HEAD, self._front.guard.limits().header_timeout)
+            if data.endswith(b"\r\n\r\n") and data.find(b"\r\n\r\n") == len(data) - 4:
+                # The usual case: exactly one request head, nothing after it.
+                ex = self._admit(data)
+                if ex is None:
+                    buf += data
+                    self._hand_off()
+                else:
+                    self._start(ex)
+                return
+        buf += data
         self._next()
 
     def _next(self) -> None:
@@ -272,22 +285,38 @@ class FrontConnection(asyncio.Protocol):
                 self._hand_off()
             return
         cut = end + 4
-        transport = self._transport
-        assert transport is not None
-        front = self._front
-        ex = plan(
-            front.runtime, front.throttle, bytes(buf[:cut]), self._peer_ip, front.scheme, front.log
-        )
+        ex = self._admit(bytes(buf[:cut]))
         if ex is None:
             self._hand_off()
             return
-        metrics.fast_path(True)
         del buf[:cut]
+        self._start(ex)
+        if self._ex is not ex:
+            return  # answered already (a 502 for a head that cannot be sent)
+        if buf and ex.body_left:
+            piece = bytes(buf[: ex.body_left])
+            del buf[: len(piece)]
+            ex.body_left -= len(piece)
+            self._send_body(piece)
+            if not ex.body_left and self._kind == _READ:
+                self._kind = 0
+        if len(buf) > _HIGH_WATER:
+            self.pause_client_reading(2)
+
+    def _admit(self, head: bytes) -> Exchange | None:
+        front = self._front
+        return plan(front.runtime, front.throttle, head, self._peer_ip, front.scheme, front.log)
+
+    def _start(self, ex: Exchange) -> None:
+        """Begin the exchange plan() admitted: on a pooled upstream link, a new one, or a
+        WebSocket upgrade."""
+        front = self._front
         self._ex = ex
         self._started = self._loop.time()
         self._status = 0
+        self._upstream_s = -1.0
         self._wrote = False
-        self._clear_deadline()
+        self._kind = 0  # no header or idle deadline while the exchange runs
         if ex.body_left:
             self._set_deadline(_READ, front.guard.limits().read_timeout)
         if not ex.head_bytes:
@@ -301,15 +330,6 @@ class FrontConnection(asyncio.Protocol):
             self._send(link)
         else:
             self._connecting = self._loop.create_task(self._connect(ex))
-        if buf and ex.body_left:
-            piece = bytes(buf[: ex.body_left])
-            del buf[: len(piece)]
-            ex.body_left -= len(piece)
-            self._send_body(piece)
-            if not ex.body_left and self._kind == _READ:
-                self._kind = 0
-        if len(buf) > _HIGH_WATER:
-            self.pause_client_reading(2)
 
     def _hand_off(self) -> None:
         """Give the connection, with the unread request, to aiohttp's handler."""
@@ -455,7 +475,7 @@ class FrontConnection(asyncio.Protocol):
         assert ex is not None
         status = head.status
         self._status = status
-        metrics.observe_upstream(ex.route.name, self._loop.time() - self._sent_at)
+        self._upstream_s = self._loop.time() - self._sent_at
         if head.chunked:
             link.chunked_out = True  # llhttp hands over de-chunked bytes
         no_body = ex.method == "HEAD" or status in _NO_BODY_STATUS
@@ -620,7 +640,7 @@ class FrontConnection(asyncio.Protocol):
             user=ex.user,
             route=ex.route.name,
         )
-        metrics.observe_request(ex.route.name, self._status, elapsed)
+        metrics.front_done(ex.route.name, self._status, elapsed, self._upstream_s)
         if self._transport is None:
             return
         if self._buf:

@@ -77,9 +77,9 @@ class _Bound:
         self.count = -1
         self.pairs: tuple[tuple[str, contextvars.ContextVar[Any]], ...] = ()
 
-    def current(self, registry: dict[str, contextvars.ContextVar[Any]]) -> tuple[
-        tuple[str, contextvars.ContextVar[Any]], ...
-    ]:
+    def current(
+        self, registry: dict[str, contextvars.ContextVar[Any]]
+    ) -> tuple[tuple[str, contextvars.ContextVar[Any]], ...]:
         if len(registry) != self.count:
             items = list(registry.items())  # another thread may be binding a new key
             self.pairs = tuple((name[STRUCTLOG_KEY_PREFIX_LEN:], var) for name, var in items)

@@ -259,6 +259,36 @@ def fast_path(served: bool) -> None:
     _BATCH.count(_FAST_SERVED if served else _FAST_HANDED)
 
 
+def front_admitted(reason: str) -> None:
+    """A request the front serves itself: ``fast_path(True)`` and the allow decision."""
+    batch = _BATCH
+    batch.count(_FAST_SERVED)
+    kind = _kinds.get(reason)
+    counter = _decision_children.get((True, kind)) if kind is not None else None
+    if counter is None:
+        observe_decision(True, reason)
+    else:
+        batch.count(counter)
+
+
+def front_done(route: str, status: int, seconds: float, upstream_seconds: float) -> None:
+    """The end of a request the front served: ``observe_upstream`` (when the upstream's
+    head came, ``upstream_seconds`` >= 0) and ``observe_request`` in one call."""
+    batch = _BATCH
+    if upstream_seconds >= 0:
+        hist = _upstream_children.get(route)
+        if hist is None:
+            hist = _upstream_children[route] = UPSTREAM_SECONDS.labels(route)
+        batch.observe(hist, upstream_seconds)
+    counter = _request_children.get((route, status))
+    latency = _latency_children.get(route)
+    if counter is None or latency is None:
+        observe_request(route, status, seconds)
+        return
+    batch.count(counter)
+    batch.observe(latency, seconds)
+
+
 def websocket_opened() -> None:
     WEBSOCKETS.inc()
 

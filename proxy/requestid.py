@@ -11,12 +11,14 @@ class _RandomIds:
 
     def __init__(self) -> None:
         self._pool = ""
+        self._at = 0
 
     def next(self) -> str:
-        if not self._pool:
-            self._pool = secrets.token_hex(4096)
-        rid, self._pool = self._pool[:16], self._pool[16:]
-        return rid
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = secrets.token_hex(4096), 0
+        self._at = at + 16
+        return self._pool[at : at + 16]
 
 
 _RANDOM_IDS = _RandomIds()

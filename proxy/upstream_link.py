@@ -327,8 +327,7 @@ class LinkPool:
             link.paused = False
             link.transport.resume_reading()
         link.idle_since = time.monotonic()
-        link.out.clear()
-        link.reset(False)
+        link.out.clear()  # the next owner's reset() clears the rest
         stack.append(link)
 
     def forget(self, link: UpstreamLink) -> None:

@@ -78,3 +78,50 @@ def test_a_scrape_sees_updates_of_the_current_turn() -> None:
 
     text = asyncio.run(scrape_now())
     assert 'clawgate_http_requests_total{route="batch-route",status="200"} 1.0' in text
+
+
+def test_the_fronts_combined_hooks_count_what_the_separate_ones_do() -> None:
+    def sample(name: str) -> list[float]:
+        metrics.flush()
+        text = generate_latest(metrics.REGISTRY).decode()
+        wanted = [
+            'clawgate_fast_path_requests_total{outcome="served"}',
+            'clawgate_authorization_decisions_total{reason="groups",result="allow"}',
+            f'clawgate_http_requests_total{{route="{name}",status="200"}}',
+            f'clawgate_http_request_duration_seconds_count{{route="{name}"}}',
+            f'clawgate_upstream_response_seconds_count{{route="{name}"}}',
+            f'clawgate_http_request_duration_seconds_bucket{{le="0.005",route="{name}"}}',
+        ]
+        found = []
+        for prefix in wanted:
+            lines = [ln for ln in text.splitlines() if ln.startswith(prefix + " ")]
+            found.append(float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0)
+        return found
+
+    reason = "allow: rule 0 allow.or[1] groups has team"
+
+    async def separate() -> None:
+        for _ in range(3):  # the first call of each fills the label caches
+            metrics.fast_path(True)
+            metrics.observe_decision(True, reason)
+            metrics.observe_upstream("sep", 0.002)
+            metrics.observe_request("sep", 200, 0.004)
+        await asyncio.sleep(0)
+
+    async def combined() -> None:
+        for _ in range(3):
+            metrics.front_admitted(reason)
+            metrics.front_done("comb", 200, 0.004, 0.002)
+        metrics.front_done("comb", 200, 0.004, -1.0)  # no upstream head: not observed
+        await asyncio.sleep(0)
+
+    base_sep = sample("sep")
+    asyncio.run(separate())
+    after_sep = sample("sep")
+    base_comb = sample("comb")
+    asyncio.run(combined())
+    after_comb = sample("comb")
+    grew_sep = [a - b for a, b in zip(after_sep, base_sep, strict=True)]
+    grew_comb = [a - b for a, b in zip(after_comb, base_comb, strict=True)]
+    assert grew_sep == [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
+    assert grew_comb == [3.0, 3.0, 4.0, 4.0, 3.0, 4.0]
