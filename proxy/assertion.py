@@ -179,6 +179,18 @@ class AssertionSigner:
                 self._cache.popitem(last=False)
         return token
 
+    def reused_until(self, session: Session, *, audience: str) -> int:
+        """Until when (epoch seconds, exclusive) :meth:`sign` returns the token it has
+        cached for ``session`` at ``audience``; 0 when it has none. The token stays
+        valid past that (reuse ends at 80% of its lifetime)."""
+        name = session.claims.get("name")
+        if not isinstance(name, str):
+            name = None
+        hit = self._cache.get(
+            (session.sid, audience, session.sub, session.email, session.groups, name)
+        )
+        return 0 if hit is None else hit[1] + self._reuse_for
+
     def jwks(self) -> dict[str, Any]:
         """The public JWKS document (a fresh copy; callers may serialize or mutate it)."""
         return {"keys": [dict(k) for k in self._jwks["keys"]]}

@@ -328,6 +328,11 @@ def _plan_fresh(
             session=session,
             audience=audience,
             assertion=out.get(settings.jwt_assertion_header) if session is not None else None,
+            assertion_until=(
+                snap.keys.signer.reused_until(session, audience=audience)
+                if session is not None and route.pass_identity
+                else 0
+            ),
             reason=decision.reason,
             client_ip=ip,
             method=method,
@@ -406,6 +411,7 @@ class _Template:
 
     __slots__ = (
         "assertion",
+        "assertion_until",
         "audience",
         "body_left",
         "client_ip",
@@ -431,6 +437,7 @@ class _Template:
         session: Session | None,
         audience: str,
         assertion: str | None,
+        assertion_until: int,
         reason: str,
         client_ip: str,
         method: str,
@@ -448,6 +455,8 @@ class _Template:
         self.session = session
         self.audience = audience
         self.assertion = assertion
+        # Until then the signer hands out the same assertion: no need to ask it.
+        self.assertion_until = assertion_until
         self.reason = reason
         self.client_ip = client_ip
         self.method = method
@@ -489,7 +498,7 @@ def _from_template(
             or session.needs_refresh(now)
         ):
             return _STALE
-        if route.pass_identity:
+        if route.pass_identity and now >= t.assertion_until:
             token = t.snap.keys.signer.sign(session, audience=t.audience, now=now)
             if token != t.assertion:
                 return _STALE  # re-signed since: the header set changes

@@ -46,15 +46,13 @@ class _Clock:
         self.prefix = ""
 
     def stamp(self) -> str:
-        now = time.time()
-        second = int(now)
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self.second:
             self.second = second
             self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        micro = int((now - second) * 1_000_000)
         if micro == 0:  # datetime.isoformat() leaves out a zero fraction
             return self.prefix + "Z"
-        return f"{self.prefix}.{micro:06d}Z"
+        return self.prefix + "." + str(1_000_000 + micro)[1:] + "Z"  # six digits
 
 
 _CLOCK = _Clock()

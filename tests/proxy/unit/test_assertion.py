@@ -182,6 +182,21 @@ def test_cached_token_is_reused_until_80_percent_of_lifetime(signer: AssertionSi
     assert signer.sign(s, audience=HOST, now=NOW + 241) is renewed
 
 
+def test_reused_until_says_when_sign_stops_returning_the_cached_token(
+    signer: AssertionSigner,
+) -> None:
+    s = make_session()
+    assert signer.reused_until(s, audience=HOST) == 0  # nothing cached yet
+    first = signer.sign(s, audience=HOST, now=NOW)
+    until = signer.reused_until(s, audience=HOST)
+    assert until == NOW + 240
+    assert signer.sign(s, audience=HOST, now=until - 1) is first
+    assert signer.sign(s, audience=HOST, now=until) != first
+    assert signer.reused_until(s, audience="other.example") == 0
+    # The token handed out until then is still valid at that moment.
+    assert decode(first, signer, now=until - 1)["exp"] > until
+
+
 def test_clock_going_backwards_re_signs(signer: AssertionSigner) -> None:
     s = make_session()
     first = signer.sign(s, audience=HOST, now=NOW)
