@@ -35,7 +35,7 @@ from multidict import CIMultiDict
 
 from proxy import metrics, pages, websocket
 from proxy.connlimit import REFUSED, TIMED_OUT, Guard, GuardedHandler
-from proxy.exchange import Exchange, plan
+from proxy.exchange import Exchange, known_head, plan
 from proxy.forward import DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP, UpstreamError
 from proxy.ratelimit import address_key
 from proxy.runtime import Runtime
@@ -263,7 +263,9 @@ class FrontConnection(asyncio.Protocol):
         if not buf:
             if self._kind == _IDLE:
                 self._set_deadline(_HEAD, self._front.guard.limits().header_timeout)
-            if data.endswith(b"\r\n\r\n") and data.find(b"\r\n\r\n") == len(data) - 4:
+            if data.endswith(b"\r\n\r\n") and (
+                known_head(data, self._peer_ip) or data.find(b"\r\n\r\n") == len(data) - 4
+            ):
                 # The usual case: exactly one request head, nothing after it.
                 ex = self._admit(data)
                 if ex is None:

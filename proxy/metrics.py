@@ -10,9 +10,9 @@ Public surface:
 - :func:`idp_trace`: an aiohttp ``TraceConfig`` counting calls to the identity provider.
 
 Updates made while an event loop runs are gathered and applied to the Prometheus
-objects together at the start of the loop's next turn (:class:`_Batch`): a busy loop
-serves dozens of requests per turn, and each counter then takes one locked update per
-turn instead of one per request. A scrape applies what is gathered first, so it never
+objects together at the start of the loop's next turn, at most once a millisecond
+(:class:`_Batch`): each counter then takes one locked update per batch instead of one
+per request. A scrape applies what is gathered first, so it never
 misses an update made before it.
 
 Labels stay bounded whatever the traffic: routes come from the config, statuses are
@@ -30,6 +30,7 @@ import asyncio
 import os
 import re
 import threading
+import time
 from bisect import bisect_left
 from typing import Any
 
@@ -116,6 +117,7 @@ CONFIG_GENERATION = Gauge(
 )
 
 _BOUNDS = (*_BUCKETS, float("inf"))
+_FLUSH_INTERVAL = 0.001
 
 
 class _Batch:
@@ -126,19 +128,24 @@ class _Batch:
         self.counts: dict[Any, float] = {}
         # histogram child -> [sum, count in bucket 0, count in bucket 1, ...]
         self.observations: dict[Any, list[float]] = {}
+        # The front's requests as they came: decision reasons at admission, and
+        # (route, status, seconds, upstream seconds) at the end; counted at the flush.
+        self.admitted: list[str] = []
+        self.done: list[tuple[str, int, float, float]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = 0
+        self.flushed_at = 0.0
         self.lock = threading.Lock()
 
     def count(self, child: Any, amount: float = 1) -> None:
-        if self._gathering():
+        if self.gathering():
             counts = self.counts
             counts[child] = counts.get(child, 0) + amount
         else:
             child.inc(amount)
 
     def observe(self, child: Any, seconds: float) -> None:
-        if self._gathering():
+        if self.gathering():
             row = self.observations.get(child)
             if row is None:
                 row = self.observations[child] = [0.0] * (len(_BOUNDS) + 1)
@@ -148,7 +155,9 @@ class _Batch:
         else:
             child.observe(seconds)
 
-    def _gathering(self) -> bool:
+    def gathering(self) -> bool:
+        """True when updates are to be gathered (this thread runs the loop whose flush
+        is due); schedules that flush when none is."""
         if self.loop is not None:
             # A flush is due on that loop; another thread's update is applied at once.
             return self.thread == threading.get_ident()
@@ -160,14 +169,21 @@ class _Batch:
             if self.loop is not None:
                 return self.loop is loop
             self.loop, self.thread = loop, threading.get_ident()
-        loop.call_soon(self.flush)
+        # At most one flush per _FLUSH_INTERVAL: a busy loop turns over every few requests.
+        wait = self.flushed_at + _FLUSH_INTERVAL - time.monotonic()
+        if wait > 0:
+            loop.call_later(wait, self.flush)
+        else:
+            loop.call_soon(self.flush)
         return True
 
     def flush(self) -> None:
         with self.lock:
+            self._resolve_front()
             counts, self.counts = self.counts, {}
             observations, self.observations = self.observations, {}
             self.loop = None
+            self.flushed_at = time.monotonic()
         for child, amount in counts.items():
             child.inc(amount)
         for child, row in observations.items():
@@ -177,6 +193,31 @@ class _Batch:
             for index, seen in enumerate(row[1:]):
                 if seen:
                     child._buckets[index].inc(seen)
+
+    def _resolve_front(self) -> None:
+        admitted, self.admitted = self.admitted, []
+        done, self.done = self.done, []
+        counts = self.counts
+        if admitted:
+            counts[_FAST_SERVED] = counts.get(_FAST_SERVED, 0) + len(admitted)
+        for reason in admitted:
+            child = _decision_child(True, reason)
+            counts[child] = counts.get(child, 0) + 1
+        observations = self.observations
+        for route, status, seconds, upstream_seconds in done:
+            counter = _request_child(route, status)
+            counts[counter] = counts.get(counter, 0) + 1
+            for child, value in (
+                (_latency_child(route), seconds),
+                (_upstream_child(route) if upstream_seconds >= 0 else None, upstream_seconds),
+            ):
+                if child is None:
+                    continue
+                row = observations.get(child)
+                if row is None:
+                    row = observations[child] = [0.0] * (len(_BOUNDS) + 1)
+                row[0] += value
+                row[1 + bisect_left(_BOUNDS, value)] += 1
 
 
 _BATCH = _Batch()
@@ -195,19 +236,34 @@ _decision_children: dict[tuple[bool, str], Any] = {}
 _MAX_CACHED = 4096
 
 
-def observe_request(route: str | None, status: int, seconds: float) -> None:
-    name = route or "-"
+def _request_child(name: str, status: int) -> Any:
     key = (name, status)
     counter = _request_children.get(key)
     if counter is None:
         if len(_request_children) > _MAX_CACHED:
             _request_children.clear()
         counter = _request_children[key] = REQUESTS.labels(name, str(status))
-    _BATCH.count(counter)
+    return counter
+
+
+def _latency_child(name: str) -> Any:
     hist = _latency_children.get(name)
     if hist is None:
         hist = _latency_children[name] = REQUEST_SECONDS.labels(name)
-    _BATCH.observe(hist, seconds)
+    return hist
+
+
+def _upstream_child(name: str) -> Any:
+    hist = _upstream_children.get(name)
+    if hist is None:
+        hist = _upstream_children[name] = UPSTREAM_SECONDS.labels(name)
+    return hist
+
+
+def observe_request(route: str | None, status: int, seconds: float) -> None:
+    name = route or "-"
+    _BATCH.count(_request_child(name, status))
+    _BATCH.observe(_latency_child(name), seconds)
 
 
 _KIND = re.compile(r"^(?:allow|deny): (?:rule \d+ \S+ )?(?:not )?([a-z_]+)")
@@ -230,7 +286,7 @@ def reason_kind(reason: str) -> str:
 _kinds: dict[str, str] = {}
 
 
-def observe_decision(allow: bool, reason: str) -> None:
+def _decision_child(allow: bool, reason: str) -> Any:
     kind = _kinds.get(reason)
     if kind is None:
         if len(_kinds) > _MAX_CACHED:
@@ -240,14 +296,15 @@ def observe_decision(allow: bool, reason: str) -> None:
     counter = _decision_children.get(key)
     if counter is None:
         counter = _decision_children[key] = DECISIONS.labels("allow" if allow else "deny", kind)
-    _BATCH.count(counter)
+    return counter
+
+
+def observe_decision(allow: bool, reason: str) -> None:
+    _BATCH.count(_decision_child(allow, reason))
 
 
 def observe_upstream(route: str, seconds: float) -> None:
-    hist = _upstream_children.get(route)
-    if hist is None:
-        hist = _upstream_children[route] = UPSTREAM_SECONDS.labels(route)
-    _BATCH.observe(hist, seconds)
+    _BATCH.observe(_upstream_child(route), seconds)
 
 
 def upstream_error(route: str, reason: str) -> None:
@@ -262,31 +319,23 @@ def fast_path(served: bool) -> None:
 def front_admitted(reason: str) -> None:
     """A request the front serves itself: ``fast_path(True)`` and the allow decision."""
     batch = _BATCH
-    batch.count(_FAST_SERVED)
-    kind = _kinds.get(reason)
-    counter = _decision_children.get((True, kind)) if kind is not None else None
-    if counter is None:
-        observe_decision(True, reason)
+    if batch.gathering():
+        batch.admitted.append(reason)  # counted at the flush
     else:
-        batch.count(counter)
+        fast_path(True)
+        observe_decision(True, reason)
 
 
 def front_done(route: str, status: int, seconds: float, upstream_seconds: float) -> None:
     """The end of a request the front served: ``observe_upstream`` (when the upstream's
     head came, ``upstream_seconds`` >= 0) and ``observe_request`` in one call."""
     batch = _BATCH
-    if upstream_seconds >= 0:
-        hist = _upstream_children.get(route)
-        if hist is None:
-            hist = _upstream_children[route] = UPSTREAM_SECONDS.labels(route)
-        batch.observe(hist, upstream_seconds)
-    counter = _request_children.get((route, status))
-    latency = _latency_children.get(route)
-    if counter is None or latency is None:
-        observe_request(route, status, seconds)
+    if batch.gathering():
+        batch.done.append((route, status, seconds, upstream_seconds))  # counted at the flush
         return
-    batch.count(counter)
-    batch.observe(latency, seconds)
+    if upstream_seconds >= 0:
+        observe_upstream(route, upstream_seconds)
+    observe_request(route, status, seconds)
 
 
 def websocket_opened() -> None:

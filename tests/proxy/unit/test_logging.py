@@ -4,10 +4,14 @@ exceptions) on the inlined path too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import select
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -80,3 +84,40 @@ def test_another_processor_chain_takes_the_general_path(captured: io.BytesIO) ->
     structlog.configure(processors=[keep], cache_logger_on_first_use=False)
     structlog.get_logger("t").info("plain", a=1)
     assert seen == [{"a": 1, "event": "plain"}]
+
+
+def test_gathered_lines_go_to_a_file_in_one_write_and_to_a_pipe_in_pipe_buf_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting(fd: int, data: bytes | memoryview) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting)
+    line = b'{"event":"access","pad":"' + b"p" * 250 + b'"}'
+
+    async def gather(writer: clawlog.LineWriter) -> None:
+        for _ in range(40):  # ~11 KB: more than one pipe buffer
+            writer.msg(line)
+        await asyncio.sleep(0.01)
+
+    with (tmp_path / "log").open("wb") as file:
+        asyncio.run(gather(clawlog.LineWriter(file, sys.stderr)))
+    assert writes == [40 * (len(line) + 1)]
+    assert (tmp_path / "log").read_bytes() == (line + b"\n") * 40
+
+    writes.clear()
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    with os.fdopen(write_end, "wb") as pipe:
+        asyncio.run(gather(clawlog.LineWriter(pipe, sys.stderr)))
+    received = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(read_end, 65536):
+            received += chunk
+    os.close(read_end)
+    assert len(writes) > 1 and max(writes) <= select.PIPE_BUF
+    assert received == (line + b"\n") * 40
