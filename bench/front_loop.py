@@ -91,8 +91,14 @@ class _Upstream(_Client):
         self.pending += 1
 
 
-async def _main(rounds: int, profile: bool) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="clawgate-front-loop-"))
+async def _main(rounds: int, profile: bool, keep: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="clawgate-front-loop-") as directory:
+        await _measure(Path(directory), rounds, profile)
+        if keep:
+            print((Path(directory) / "clawgate.log").read_text()[-1200:])
+
+
+async def _measure(tmp: Path, rounds: int, profile: bool) -> None:
     config = clawgate_config(tmp, PORT, UPSTREAM, WS_UPSTREAM, 1, False, True)
     made = generate_self_signed(["127.0.0.1"])
     (tmp / "cert.pem").write_bytes(made.cert_pem)
@@ -171,13 +177,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--show-log", action="store_true", help="print the last log lines")
     args = parser.parse_args()
     try:
         import uvloop
 
-        uvloop.run(_main(args.rounds, args.profile))
+        uvloop.run(_main(args.rounds, args.profile, args.show_log))
     except ImportError:
-        asyncio.run(_main(args.rounds, args.profile))
+        asyncio.run(_main(args.rounds, args.profile, args.show_log))
 
 
 if __name__ == "__main__":

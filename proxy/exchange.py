@@ -35,6 +35,7 @@ from proxy.handler import (
     upstream_target,
 )
 from proxy.identity import sealed_with_old_secret, to_identity
+from proxy.logging import PreparedLine
 from proxy.requestid import new_request_id, trusted_request_id
 from proxy.runtime import Runtime, forwarded_client
 from proxy.session import Session, SessionCodec, SessionError, parse_cookie_header
@@ -70,6 +71,7 @@ class Exchange:
     """A request :func:`plan` accepted: what to send upstream and what to log."""
 
     __slots__ = (
+        "access_line",
         "body_left",
         "client_ip",
         "close_after",
@@ -107,6 +109,7 @@ class Exchange:
         session: Session | None = None,
         client_ip: str = "",
         ws_key: str | None = None,
+        access_line: PreparedLine | None = None,
     ) -> None:
         self.route = route
         self.rid = rid
@@ -127,6 +130,8 @@ class Exchange:
         self.response_headers = route.response_headers
         self.timeout = route.timeout
         self.idle_timeout = route.idle_timeout
+        # The access line's known part, rendered once per remembered head.
+        self.access_line = access_line
 
 
 def pool_key(route: Route) -> PoolKey:
@@ -344,6 +349,7 @@ def _plan_fresh(
             close_after=close_after,
             given_id=given,
             key=key,
+            user=user,
         )
     return Exchange(
         route=route,
@@ -410,9 +416,11 @@ class _Template:
     """What a fresh admission of one request head found, for the next identical head."""
 
     __slots__ = (
+        "access_line",
         "assertion",
         "assertion_until",
         "audience",
+        "auth_line",
         "body_left",
         "client_ip",
         "close_after",
@@ -427,6 +435,7 @@ class _Template:
         "route",
         "session",
         "snap",
+        "user",
     )
 
     def __init__(
@@ -449,6 +458,7 @@ class _Template:
         close_after: bool,
         given_id: str | None,
         key: PoolKey,
+        user: str | None,
     ) -> None:
         self.snap = snap
         self.route = route
@@ -468,6 +478,24 @@ class _Template:
         self.close_after = close_after
         self.given_id = given_id
         self.key = key
+        self.user = user
+        # The two log lines of every request admitted from here, rendered but for the
+        # request id (and the access line's status and duration).
+        self.auth_line = PreparedLine(
+            "authorization",
+            {
+                "allow": True,
+                "reason": reason,
+                "route": route.name,
+                "user": user,
+                "method": method,
+                "path": path,
+            },
+        )
+        self.access_line = PreparedLine(
+            "access",
+            {"method": method, "host": host, "path": path, "user": user, "route": route.name},
+        )
 
 
 # Heads admitted before, by (head bytes, peer address). Bounded in entries and in the
@@ -512,14 +540,15 @@ def _from_template(
     if _limited(throttle, t.snap.settings, t.client_ip, session):
         return None
     rid = t.given_id or new_request_id()
-    user = _admitted(logger, rid, session, t.reason, route, t.method, t.path)
+    metrics.front_admitted(t.reason)
+    t.auth_line.info(logger, rid)  # the decision line, as _admitted() writes it
     return Exchange(
         route=route,
         rid=rid,
         method=t.method,
         host=t.host,
         path=t.path,
-        user=user,
+        user=t.user,
         headers=t.headers,
         head_bytes=_with_id(t.prefix, rid),
         key=t.key,
@@ -527,6 +556,7 @@ def _from_template(
         session=session,
         client_ip=t.client_ip,
         close_after=t.close_after,
+        access_line=t.access_line,
     )
 
 

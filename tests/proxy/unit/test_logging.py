@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import select
 import sys
 from collections.abc import Iterator
@@ -121,3 +122,59 @@ def test_gathered_lines_go_to_a_file_in_one_write_and_to_a_pipe_in_pipe_buf_piec
     os.close(read_end)
     assert len(writes) > 1 and max(writes) <= select.PIPE_BUF
     assert received == (line + b"\n") * 40
+
+
+def test_a_prepared_line_writes_what_the_logger_would(captured: io.BytesIO) -> None:
+    log = structlog.get_logger("t").bind()
+    fields = {"allow": True, "reason": "allow: rule 0 \"q\" é", "user": None, "n": 3}
+    line = clawlog.PreparedLine("authorization", fields)
+
+    def both(**tail: object) -> tuple[bytes, bytes]:
+        start = len(captured.getvalue())
+        line.info(log, "rid-1", **tail)
+        log.info("authorization", request_id="rid-1", **fields, **tail)
+        prepared, general = captured.getvalue()[start:].splitlines()
+        cut = [re.sub(rb'"timestamp": ?"[^"]*"', b'"timestamp":""', x) for x in (prepared, general)]
+        return cut[0], cut[1]
+
+    prepared, general = both()
+    assert prepared == general
+    prepared, general = both(status=200, duration_ms=0.31)
+    assert prepared == general and b'"status":200,"duration_ms":0.31,"event"' in prepared
+    structlog.contextvars.bind_contextvars(worker=1, reason="context loses to the field")
+    prepared, general = both(status=404)
+    assert prepared == general and b'"worker":1' in prepared
+    assert b"context loses" not in prepared
+    structlog.contextvars.bind_contextvars(level="bound")  # a key the line adds itself
+    prepared, general = both()
+    assert prepared == general and prepared.count(b'"level"') == 1
+    structlog.contextvars.clear_contextvars()
+    prepared, general = both(big=2**70)  # beyond orjson: the standard library renders it
+    assert prepared == general
+    bound = log.bind(extra="x")
+    start = len(captured.getvalue())
+    line.info(bound, "rid-2")
+    assert b'"extra":"x"' in captured.getvalue()[start:]
+
+
+def test_a_prepared_line_respects_the_level(captured: io.BytesIO) -> None:
+    sys.stderr, real = io.TextIOWrapper(captured, encoding="utf-8"), sys.stderr
+    try:
+        clawlog.configure("warning", "json")
+    finally:
+        sys.stderr = real
+    clawlog.PreparedLine("access", {"a": 1}).info(structlog.get_logger("t").bind(), "r")
+    assert captured.getvalue() == b""
+
+
+def test_a_prepared_line_through_the_console_logger_takes_the_general_path(
+    captured: io.BytesIO,
+) -> None:
+    text = io.StringIO()
+    sys.stderr, real = text, sys.stderr
+    try:
+        clawlog.configure("info", "console")
+    finally:
+        sys.stderr = real
+    clawlog.PreparedLine("access", {"path": "/p"}).info(structlog.get_logger("t"), "rid-c")
+    assert "access" in text.getvalue() and "rid-c" in text.getvalue()
