@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -158,6 +159,8 @@ class FrontConnection(asyncio.Protocol):
         self._udeadline = 0.0
         self._ukind = 0
         self._started = 0.0
+        # Request and upstream timings use perf_counter: uvloop's loop.time() counts
+        # whole milliseconds (deadlines below use it; a millisecond is fine there).
         self._sent_at = 0.0
         self._upstream_s = -1.0  # time to the upstream's response head; -1: none came
         self._status = 0
@@ -314,7 +317,7 @@ class FrontConnection(asyncio.Protocol):
         WebSocket upgrade."""
         front = self._front
         self._ex = ex
-        self._started = self._loop.time()
+        self._started = time.perf_counter()
         self._status = 0
         self._upstream_s = -1.0
         self._wrote = False
@@ -459,7 +462,7 @@ class FrontConnection(asyncio.Protocol):
             link.transport.write(b"".join(pending))
             pending.clear()
             self.resume_client_reading(2)
-        self._sent_at = self._loop.time()
+        self._sent_at = time.perf_counter()
         if ex.timeout:
             self._set_udeadline(_HEAD, ex.timeout)
 
@@ -477,7 +480,7 @@ class FrontConnection(asyncio.Protocol):
         assert ex is not None
         status = head.status
         self._status = status
-        self._upstream_s = self._loop.time() - self._sent_at
+        self._upstream_s = time.perf_counter() - self._sent_at
         if head.chunked:
             link.chunked_out = True  # llhttp hands over de-chunked bytes
         no_body = ex.method == "HEAD" or status in _NO_BODY_STATUS
@@ -630,7 +633,7 @@ class FrontConnection(asyncio.Protocol):
         assert ex is not None
         self._ex = None
         self._clear_udeadline()
-        elapsed = self._loop.time() - self._started
+        elapsed = time.perf_counter() - self._started
         duration_ms = round(elapsed * 1000, 2)
         if ex.access_line is not None:
             ex.access_line.info(
