@@ -75,6 +75,7 @@ class Exchange:
         "body_left",
         "client_ip",
         "close_after",
+        "expect_continue",
         "head_bytes",
         "headers",
         "host",
@@ -110,6 +111,7 @@ class Exchange:
         client_ip: str = "",
         ws_key: str | None = None,
         access_line: PreparedLine | None = None,
+        expect_continue: bool = False,
     ) -> None:
         self.route = route
         self.rid = rid
@@ -132,6 +134,8 @@ class Exchange:
         self.idle_timeout = route.idle_timeout
         # The access line's known part, rendered once per remembered head.
         self.access_line = access_line
+        # The client waits for "100 Continue" before it sends the body.
+        self.expect_continue = expect_continue and body_left > 0
 
 
 def pool_key(route: Route) -> PoolKey:
@@ -209,6 +213,7 @@ def _plan_fresh(
     close_after = False
     ws_key: str | None = None
     origin: str | None = None
+    expect_continue = False
     for name, value in raw:
         if len(name) + len(value) > MAX_FIELD_SIZE:
             return None
@@ -225,8 +230,14 @@ def _plan_fresh(
             if length is not None or not value.isdigit():
                 return None
             length = int(value)
-        elif lname in (b"transfer-encoding", b"expect"):
+        elif lname == b"transfer-encoding":
             return None
+        elif lname == b"expect":
+            # 100-continue is answered at admission (front.py); anything else is the
+            # handler's (417).
+            if expect_continue or value.strip().lower() != b"100-continue":
+                return None
+            expect_continue = True
         elif lname == b"upgrade":
             if value.strip().lower() != b"websocket" or not upgrade:
                 return None
@@ -347,6 +358,7 @@ def _plan_fresh(
             prefix=prefix,
             body_left=length or 0,
             close_after=close_after,
+            expect_continue=expect_continue,
             given_id=given,
             key=key,
             user=user,
@@ -366,6 +378,7 @@ def _plan_fresh(
         client_ip=ip,
         ws_key=ws_key,
         close_after=close_after,
+        expect_continue=expect_continue,
     )
 
 
@@ -424,6 +437,7 @@ class _Template:
         "body_left",
         "client_ip",
         "close_after",
+        "expect_continue",
         "given_id",
         "headers",
         "host",
@@ -456,6 +470,7 @@ class _Template:
         prefix: bytes,
         body_left: int,
         close_after: bool,
+        expect_continue: bool,
         given_id: str | None,
         key: PoolKey,
         user: str | None,
@@ -476,6 +491,7 @@ class _Template:
         self.prefix = prefix
         self.body_left = body_left
         self.close_after = close_after
+        self.expect_continue = expect_continue
         self.given_id = given_id
         self.key = key
         self.user = user
@@ -556,6 +572,7 @@ def _from_template(
         session=session,
         client_ip=t.client_ip,
         close_after=t.close_after,
+        expect_continue=t.expect_continue,
         access_line=t.access_line,
     )
 

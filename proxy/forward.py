@@ -106,6 +106,32 @@ def strip_cookies(header: str, drop_prefix: str) -> str:
     return "; ".join(kept)
 
 
+# clawgate answers ``Expect: 100-continue`` itself, once the request is allowed
+# (send_continue below; the front in proxy/front.py): passed on, it would make an HTTP
+# client library wait for the upstream's own 100, which a server may never send.
+_ANSWERED_HERE = frozenset({"expect"})
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def expects_continue(request: web.BaseRequest) -> bool:
+    """An HTTP/1.1 request with a body whose client waits for ``100 Continue``."""
+    return (
+        request.version >= (1, 1)
+        and request.headers.get("Expect", "").lower() == "100-continue"
+        and request.body_exists
+    )
+
+
+async def defer_continue(request: web.Request) -> None:
+    """The route's expect handler: ``100 Continue`` waits until the request is allowed
+    (aiohttp's default sends it before any check, inviting the bodies of requests that
+    will be refused); any other expectation is refused with 417."""
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+
+
 def upstream_headers(
     headers: CIMultiDictProxy[str] | CIMultiDict[str],
     *,
@@ -121,7 +147,7 @@ def upstream_headers(
 ) -> CIMultiDict[str]:
     """The header set the upstream receives. ``strip`` lists identity header names
     (lower case); ``request_host`` is the Host the client sent."""
-    drop = HOP_BY_HOP | ATTRIBUTION_HEADERS | strip | connection_tokens(headers)
+    drop = HOP_BY_HOP | ATTRIBUTION_HEADERS | _ANSWERED_HERE | strip | connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         key = name.lower()
@@ -175,6 +201,10 @@ async def forward_http(
     # long as it keeps moving (``idle_timeout``), which long downloads and SSE need.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=up.timeout)
     data = request.content if request.body_exists else None
+    if data is not None and expects_continue(request):
+        # Allowed: the client may send its body now (aiohttp's own handler does the same).
+        await request.writer.write(CONTINUE)
+        request.writer.output_size = 0
     try:
         ctx = client.request(
             request.method,

@@ -4,12 +4,12 @@ from the connection's protocol callbacks; everything else goes to aiohttp unchan
 Every accepted connection starts as a :class:`FrontConnection`. For each request head
 it asks :func:`proxy.exchange.plan` whether the request is an ordinary proxied one
 that can be decided at once: HTTP/1.1, a plain method, no ``Transfer-Encoding``,
-``Expect`` or ``Upgrade``, a safe path outside ``/.clawgate``, a session cookie that
-opens without a refresh, a route whose policy allows the user, and room in the rate
-limits. If so, the request goes over a pooled keep-alive upstream connection
-(proxy/upstream_link.py, llhttp through httptools) and the answer is relayed as it
-arrives: no task, future or request object per request, the response head written
-from the upstream's parsed header list.
+``Upgrade`` or expectation but ``100-continue`` (answered once admitted), a safe path
+outside ``/.clawgate``, a session cookie that opens without a refresh, a route whose
+policy allows the user, and room in the rate limits. If so, the request goes over a
+pooled keep-alive upstream connection (proxy/upstream_link.py, llhttp through
+httptools) and the answer is relayed as it arrives: no task, future or request
+object per request, the response head written from the upstream's head bytes.
 
 The first request that is anything else (not signed in, denied, a sign-in step, a
 refresh due, a chunked upload, a malformed or oversized head, a shutdown under way)
@@ -37,7 +37,7 @@ from multidict import CIMultiDict
 from proxy import metrics, pages, websocket
 from proxy.connlimit import REFUSED, TIMED_OUT, Guard, GuardedHandler
 from proxy.exchange import Exchange, known_head, plan
-from proxy.forward import DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP, UpstreamError
+from proxy.forward import CONTINUE, DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP, UpstreamError
 from proxy.ratelimit import address_key
 from proxy.runtime import Runtime
 from proxy.snapshot import HSTS
@@ -327,6 +327,8 @@ class FrontConnection(asyncio.Protocol):
         if not ex.head_bytes:
             self._answer_error(UpstreamError(502, "upstream_error:bad_header"))
             return
+        if ex.expect_continue and self._transport is not None:
+            self._transport.write(CONTINUE)  # allowed: the body may come (forward.py)
         if ex.websocket:
             self._connecting = self._loop.create_task(self._open_websocket(ex))
             return

@@ -27,6 +27,7 @@ from proxy.connlimit import (
     Limits,
     framing_refusal,
 )
+from proxy.forward import defer_continue
 from proxy.front import FRONTS, Front
 from proxy.handler import handle
 from proxy.logging import configure as configure_logging
@@ -122,7 +123,7 @@ def build_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
     app[THROTTLE] = Throttle()
     app[FRONTS] = []
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=defer_continue)
 
     async def on_shutdown(app: web.Application) -> None:
         runtime.draining = True

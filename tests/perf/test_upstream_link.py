@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -46,10 +47,11 @@ async def read_request(reader: asyncio.StreamReader, raw: RawUpstream) -> tuple[
 
 @contextlib.asynccontextmanager
 async def proxied(
-    script: Script, *, timeout: float | None = 5.0, idle: float | None = None
-) -> AsyncIterator[tuple[RawUpstream, aiohttp.ClientSession, str, None]]:
+    script: Script, *, timeout: float | None = 5.0, idle: float | None = None, **config: Any
+) -> AsyncIterator[tuple[RawUpstream, aiohttp.ClientSession, str, str]]:
     """A real clawgate (in this loop) whose one route leads to the scripted upstream; the
-    client is signed in, so every request takes the front's upstream link."""
+    client is signed in (its cookie is the last item), so every request takes the
+    front's upstream link."""
     route: dict[str, Any] = {"set_response_headers": {"X-Added": "yes"}}
     if timeout:
         route["timeout"] = f"{timeout}s"
@@ -58,14 +60,14 @@ async def proxied(
     with tempfile.TemporaryDirectory() as directory:
         async with (
             RawUpstream(script) as raw,
-            gate_with_metrics(raw.url, Path(directory), route=route) as (gate, _),
+            gate_with_metrics(raw.url, Path(directory), route=route, **config) as (gate, _),
         ):
             cookie = mint_cookie(gate)
             connector = aiohttp.TCPConnector(ssl=False)
             async with aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, headers={"Cookie": cookie}
             ) as client:
-                yield raw, client, gate.url, None
+                yield raw, client, gate.url, cookie
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -348,6 +350,52 @@ async def test_an_endless_response_head_is_refused_with_502() -> None:
     async with proxied(script) as (_, client, base, _pool), client.get(f"{base}/") as resp:
         assert resp.status == 502
         assert (await resp.json())["error"] == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["front", "handler"])
+async def test_expect_100_continue_is_answered_by_clawgate_once_allowed(fast_path: bool) -> None:
+    """curl and many SDKs send ``Expect: 100-continue`` with uploads. clawgate answers it
+    itself once the request is allowed, and does not pass it on: an upstream that never
+    sends its own 100 (allowed: it may just read the body) must not stall the upload."""
+    raw_ref: list[RawUpstream] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await keep_serving(r, w, raw_ref[0], lambda h, b: ok(b"got %d" % len(b)))
+
+    async with proxied(script, fast_path=fast_path) as (raw, _client, base, cookie):
+        raw_ref.append(raw)
+        port = int(base.rsplit(":", 1)[1])
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+
+        async def exchange(head: str, body: bytes | None) -> tuple[bytes, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+            try:
+                writer.write(head.encode())
+                first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                if body is not None and first.startswith(b"HTTP/1.1 100 "):
+                    writer.write(body)
+                    final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                    length = int(final.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    return first + final, await reader.readexactly(length)
+                return first, b""
+            finally:
+                writer.close()
+
+        upload = (f"PUT /up HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+                  "Content-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        heads, body = await exchange(upload, b"12345")
+        assert heads.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 "), heads
+        assert body == b"got 5"
+        assert b"expect" not in raw.requests[-1].lower()
+        # Not signed in: the refusal comes at once, without inviting the body first.
+        heads, _ = await exchange(upload.replace(f"Cookie: {cookie}\r\n", ""), b"12345")
+        assert heads.startswith(b"HTTP/1.1 401 "), heads
+        # An expectation clawgate does not know is refused.
+        heads, _ = await exchange(upload.replace("100-continue", "teapot"), None)
+        assert heads.startswith(b"HTTP/1.1 417 "), heads
+        assert len(raw.requests) == 1
 
 
 def test_header_values_cannot_split_the_request() -> None:
