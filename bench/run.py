@@ -673,6 +673,9 @@ def summarize(r: dict[str, Any]) -> None:
     for key in ("stream_download", "stream_upload"):
         if key in r:
             s = r[key]
+            if s["status"] != 200:  # a refused or cut transfer has no speed worth printing
+                print(f"{key}: FAILED with HTTP {s['status']} (see the clawgate log)")
+                continue
             print(f"{key}: {s['mb']} MB at {s['mb_per_s']} MB/s, "
                   f"RSS growth {s['rss_growth_mb']} MB")
     print(f"Auth step (in-process): {r['auth_step_us']:.1f} us; start-up {r['startup_s']} s")
