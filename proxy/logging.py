@@ -316,9 +316,9 @@ _format_exc_info = structlog.processors.format_exc_info
 
 class JsonBoundLogger(FastBoundLogger):
     """The JSON configuration's logger: its processors (``add_context``,
-    ``format_exc_info``, ``render_json``) run inline, in one call frame, since every
-    request writes two lines. Any other processor chain (configured elsewhere) takes
-    the general path."""
+    ``format_exc_info``, ``render_json``) run in this one frame instead of structlog's
+    processor loop, since every request writes two lines. Any other processor chain
+    (configured elsewhere) takes the general path."""
 
     def _emit(self, name: str, event: str, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
         if self._processors is not _JSON_CHAIN:
@@ -326,16 +326,7 @@ class JsonBoundLogger(FastBoundLogger):
         context = self._context
         event_dict: Any = {**context, **kw} if context else kw  # kw is this call's own
         event_dict["event"] = event % args if args else event
-        # add_context(), inline:
-        if _BOUND is not None:
-            for key, var in _BOUND_VARS.current(_BOUND):
-                value = var.get(Ellipsis)
-                if value is not Ellipsis and key not in event_dict:
-                    event_dict[key] = value
-        else:  # pragma: no cover - a structlog without the registry
-            add_context(None, name, event_dict)
-        event_dict["level"] = _LEVEL_NAMES.get(name, name)
-        event_dict["timestamp"] = _CLOCK.stamp()
+        event_dict = add_context(None, name, event_dict)
         if "exc_info" in event_dict:
             event_dict = _format_exc_info(None, name, event_dict)
         if orjson is not None:
