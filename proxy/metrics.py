@@ -158,7 +158,8 @@ class _Batch:
     def gathering(self) -> bool:
         """True when updates are to be gathered (this thread runs the loop whose flush
         is due); schedules that flush when none is."""
-        if self.loop is not None:
+        due = self.loop
+        if due is not None and due.is_running():
             # A flush is due on that loop; another thread's update is applied at once.
             return self.thread == threading.get_ident()
         try:
@@ -166,7 +167,8 @@ class _Batch:
         except RuntimeError:
             return False
         with self.lock:
-            if self.loop is not None:
+            # (A loop stopped before its flush ran leaves its batch to this loop.)
+            if self.loop is not None and self.loop.is_running():
                 return self.loop is loop
             self.loop, self.thread = loop, threading.get_ident()
         # At most one flush per _FLUSH_INTERVAL: a busy loop turns over every few requests.

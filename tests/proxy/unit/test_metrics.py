@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -125,3 +126,23 @@ def test_the_fronts_combined_hooks_count_what_the_separate_ones_do() -> None:
     grew_comb = [a - b for a, b in zip(after_comb, base_comb, strict=True)]
     assert grew_sep == [3.0, 3.0, 3.0, 3.0, 3.0, 3.0]
     assert grew_comb == [3.0, 3.0, 4.0, 4.0, 3.0, 4.0]
+
+
+def test_a_batch_left_by_a_stopped_loop_is_flushed_by_the_next() -> None:
+    _, counter, _ = _pair()
+    batch = _Batch()
+    batch.flushed_at = time.monotonic() + 3600  # put off: the first loop ends before it
+
+    async def first() -> None:
+        batch.count(counter.labels("r"))
+
+    asyncio.run(first())
+    assert counter.labels("r")._value.get() == 0
+    batch.flushed_at = 0.0
+
+    async def second() -> None:
+        batch.count(counter.labels("r"))
+        await asyncio.sleep(0)
+
+    asyncio.run(second())
+    assert counter.labels("r")._value.get() == 2
