@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from proxy.assertion import generate_signing_key
 from proxy.session import SessionCodec
-from proxy.settings import ConfigError
+from proxy.settings import ConfigError, unknown_environment
 
 if TYPE_CHECKING:
     from proxy.snapshot import Snapshot
@@ -96,6 +96,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"  ignored:  {', '.join(s.ignored_pomerium_keys())} (Pomerium keys clawgate "
             "does not need; safe to delete)"
         )
+    unknown = unknown_environment(os.environ)
+    if unknown:
+        print(f"  unknown:  {', '.join(unknown)} (CLAWGATE_* variables that name no setting)")
     print(f"  routes:   {len(snap.routes)}")
     for route in snap.routes:
         flags = [

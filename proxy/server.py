@@ -37,7 +37,13 @@ from proxy.policy_watch import reauthorize_connections
 from proxy.readiness import UpstreamProbe, upstream_targets
 from proxy.requestid import request_id
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime
-from proxy.settings import ConfigError, Settings, load_settings, parse_listen_address
+from proxy.settings import (
+    ConfigError,
+    Settings,
+    load_settings,
+    parse_listen_address,
+    unknown_environment,
+)
 from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys
 from proxy.throttle import THROTTLE, Throttle, ip_refusal
 from proxy.tls import CertificateStore
@@ -394,6 +400,14 @@ async def serve(
             key="experimental_fast_upstream",
             detail="the lean upstream client is now the front's (fast_path, on by default); "
             "requests the full handler serves use aiohttp's client. The key can be deleted.",
+        )
+    unknown = unknown_environment(os.environ)
+    if unknown:
+        log.warning(
+            "environment_variables_unknown",
+            names=unknown,
+            detail="these CLAWGATE_* variables name no setting and are ignored "
+            "(a misspelt secret falls back to the file or to a generated value)",
         )
     if settings.ignored_pomerium_keys():
         log.warning(

@@ -435,6 +435,21 @@ def _env_name(loc: Loc) -> str | None:
     return name if name in os.environ else None
 
 
+# Variables with the prefix that are not settings but are read by clawgate all the same.
+_OTHER_VARIABLES = frozenset({"CLAWGATE_CONFIG"})
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """``CLAWGATE_*`` variables that name no setting: a typo there leaves the setting
+    (perhaps a secret) to the file or its default, silently. Names only, never values."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | _OTHER_VARIABLES
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known
+    )
+
+
 def load_settings(path: str | Path) -> tuple[Settings, LocatedYaml]:
     """Read, parse and validate the file at ``path``; :class:`ConfigError` on any defect."""
     source = str(path)

@@ -246,8 +246,10 @@ def test_duration_errors_in_the_file() -> None:
 # ---- clawgate check -----------------------------------------------------------------------
 
 
-def run_check(path: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(path.parent)}
+def run_check(
+    path: Path, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(path.parent), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "proxy.cli", "check", "--config", str(path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
                           check=False)
@@ -279,3 +281,31 @@ def test_clawgate_check_accepts_a_good_file(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"{path}: OK" in proc.stdout
     assert "routes:   1" in proc.stdout
+
+
+def test_misspelt_environment_variables_are_named(tmp_path: Path) -> None:
+    from proxy.settings import unknown_environment
+
+    environ = {
+        "CLAWGATE_COOKIE_SECRET": "x",
+        "clawgate_log_level": "info",  # the names are not case-sensitive
+        "CLAWGATE_CONFIG": "/etc/clawgate.yaml",
+        "CLAWGATE_COOKIE_SECERT": "typo",
+        "CLAWGATE_IDP_CLIENT_SECRET_FIEL": "/run/secrets/x",
+        "_CLAWGATE_WORKER": "1",  # internal, not a setting
+        "HOME": "/root",
+    }
+    assert unknown_environment(environ) == [
+        "CLAWGATE_COOKIE_SECERT",
+        "CLAWGATE_IDP_CLIENT_SECRET_FIEL",
+    ]
+    path = tmp_path / "good.yaml"
+    path.write_text(
+        BASE + f"cookie_secret: {SECRET}\nidp_provider_url: https://idp.example.com\n"
+        "idp_client_id: c\nidp_client_secret: s\n" + ROUTE
+        + "    allowed_users: [alice@example.com]\n"
+    )
+    proc = run_check(path, env_extra={"CLAWGATE_SIGNING_KYE": "secret-value"})
+    assert proc.returncode == 0, proc.stderr
+    assert "unknown:  CLAWGATE_SIGNING_KYE" in proc.stdout
+    assert "secret-value" not in proc.stdout + proc.stderr
