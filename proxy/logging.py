@@ -4,8 +4,8 @@ Every request writes two lines (``authorization`` and ``access``), so the JSON p
 kept lean: one processor adds the request context, level and timestamp; the line is
 rendered with orjson when it is installed; and lines written while the event loop is
 busy are gathered into one ``write()`` at the start of the loop's next turn instead of
-one write and flush per line, and at most one such write per millisecond (a busy loop
-turns over far more often). Outside a running loop (the CLI, other threads) a line is
+one write and flush per line (to a regular file, one write whatever the size). Outside
+a running loop (the CLI, other threads) a line is
 written at once, and whatever is still gathered at exit is written then.
 """
 
@@ -136,7 +136,6 @@ else:  # pragma: no cover
 
 
 _ATOMIC_WRITE = select.PIPE_BUF
-_WRITE_INTERVAL = 0.001
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -162,7 +161,6 @@ class LineWriter:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
-        self._written_at = 0.0
         self._regular_fd = -1
         self._regular = False
         atexit.register(self.flush)
@@ -187,20 +185,14 @@ class LineWriter:
             if self._scheduled is loop:
                 return
             self._scheduled = loop
-        # A busy loop turns over in microseconds, a few requests per turn: a write per
-        # turn cost a system call (and on a file, a partial page) per line or two. At
-        # most one write per _WRITE_INTERVAL, then: a line waits a millisecond at most.
-        wait = self._written_at + _WRITE_INTERVAL - time.monotonic()
-        if wait > 0:
-            loop.call_later(wait, self.flush)
-        else:
-            loop.call_soon(self.flush)
+        # At the end of this loop turn: a line is on disk (or in the pipe) before the loop
+        # waits for I/O again, so whoever got the response can already read its line.
+        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self._lock:
             self._scheduled = None
             self._write()
-            self._written_at = time.monotonic()
 
     def _write(self) -> None:
         if not self._pending:
@@ -450,7 +442,9 @@ def configure(level: str = "info", fmt: str = "json") -> None:
                 structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
             ],
             wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, 20)),
-            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+            # Whole lines in one write: print() writes the line and its newline apart,
+            # and workers sharing a terminal or pipe then interleave mid-line.
+            logger_factory=_writer_factory(sys.stderr),
             cache_logger_on_first_use=True,
         )
     else:

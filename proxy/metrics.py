@@ -10,10 +10,9 @@ Public surface:
 - :func:`idp_trace`: an aiohttp ``TraceConfig`` counting calls to the identity provider.
 
 Updates made while an event loop runs are gathered and applied to the Prometheus
-objects together at the start of the loop's next turn, at most once a millisecond
-(:class:`_Batch`): each counter then takes one locked update per batch instead of one
-per request. A scrape applies what is gathered first, so it never
-misses an update made before it.
+objects together at the end of the loop's turn (:class:`_Batch`): each counter then
+takes one locked update per turn instead of one per request. A scrape applies what is
+gathered first, so it never misses an update made before it.
 
 Labels stay bounded whatever the traffic: routes come from the config, statuses are
 three-digit numbers, and a decision's reason is reduced to its kind (``groups``,
@@ -30,7 +29,6 @@ import asyncio
 import os
 import re
 import threading
-import time
 from bisect import bisect_left
 from typing import Any
 
@@ -117,7 +115,6 @@ CONFIG_GENERATION = Gauge(
 )
 
 _BOUNDS = (*_BUCKETS, float("inf"))
-_FLUSH_INTERVAL = 0.001
 
 
 class _Batch:
@@ -134,7 +131,6 @@ class _Batch:
         self.done: list[tuple[str, int, float, float]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = 0
-        self.flushed_at = 0.0
         self.lock = threading.Lock()
 
     def count(self, child: Any, amount: float = 1) -> None:
@@ -171,12 +167,9 @@ class _Batch:
             if self.loop is not None and self.loop.is_running():
                 return self.loop is loop
             self.loop, self.thread = loop, threading.get_ident()
-        # At most one flush per _FLUSH_INTERVAL: a busy loop turns over every few requests.
-        wait = self.flushed_at + _FLUSH_INTERVAL - time.monotonic()
-        if wait > 0:
-            loop.call_later(wait, self.flush)
-        else:
-            loop.call_soon(self.flush)
+        # At the end of this loop turn: a scrape that follows a response sees its counts,
+        # whichever worker serves the scrape.
+        loop.call_soon(self.flush)
         return True
 
     def flush(self) -> None:
@@ -185,7 +178,6 @@ class _Batch:
             counts, self.counts = self.counts, {}
             observations, self.observations = self.observations, {}
             self.loop = None
-            self.flushed_at = time.monotonic()
         for child, amount in counts.items():
             child.inc(amount)
         for child, row in observations.items():

@@ -178,3 +178,30 @@ def test_a_prepared_line_through_the_console_logger_takes_the_general_path(
         sys.stderr = real
     clawlog.PreparedLine("access", {"path": "/p"}).info(structlog.get_logger("t"), "rid-c")
     assert "access" in text.getvalue() and "rid-c" in text.getvalue()
+
+
+def test_console_lines_are_written_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers share one stderr: a console line and its newline must go in one write,
+    or two workers' lines interleave (print() writes them apart)."""
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def recording(fd: int, data: bytes | memoryview) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "w") as stream:
+        sys.stderr, real = stream, sys.stderr
+        try:
+            clawlog.configure("info", "console")
+        finally:
+            sys.stderr = real
+        monkeypatch.setattr(os, "write", recording)
+        structlog.get_logger("t").info("listening", worker=1)
+        structlog.get_logger("t").info("listening", worker=2)
+        monkeypatch.undo()
+    os.close(read_end)
+    structlog.reset_defaults()
+    assert len(writes) == 2
+    assert all(w.endswith(b"\n") and w.count(b"\n") == 1 and b"listening" in w for w in writes)
