@@ -119,7 +119,8 @@ _BOUNDS = (*_BUCKETS, float("inf"))
 
 class _Batch:
     """Counter increments and histogram observations gathered during one turn of the
-    event loop, applied at the start of the next (or at once outside a loop)."""
+    event loop, applied together when the turn's callbacks run (or at once outside a
+    loop, or from another thread)."""
 
     def __init__(self) -> None:
         self.counts: dict[Any, float] = {}
