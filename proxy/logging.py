@@ -2,13 +2,14 @@
 
 Every request writes two lines (``authorization`` and ``access``), so the JSON path is
 kept lean: one processor adds the request context, level and timestamp; the line is
-rendered with orjson when it is installed; and lines written while the event loop is
-busy are gathered into one ``write()`` at the start of the loop's next turn instead of
-one write and flush per line (to a regular file, one write whatever the size). Outside
-a running loop (the CLI, other threads) a line is
-written at once, and whatever is still gathered at exit is written then.
+rendered with orjson when it is installed; the front's lines are rendered once per
+remembered request head (:class:`PreparedLine`); and lines written while the event loop
+is busy are gathered into one ``write()`` when the turn's callbacks run, instead of one
+write and flush per line (to a regular file, one write whatever the size; to a pipe,
+whole lines in pieces of at most PIPE_BUF). Outside a running loop (the CLI, other
+threads) a line is written at once, and whatever is still gathered at exit is written
+then. Console lines take the same writer, so workers sharing a terminal never mix lines.
 """
-
 from __future__ import annotations
 
 import asyncio
