@@ -681,6 +681,22 @@ def summarize(r: dict[str, Any]) -> None:
     print(f"Auth step (in-process): {r['auth_step_us']:.1f} us; start-up {r['startup_s']} s")
 
 
+def raise_fd_limit(want: int) -> None:
+    """Each proxied WebSocket holds two descriptors in clawgate: raise the descriptor
+    limit the benchmark's processes inherit to ``want`` where allowed (root may raise the
+    hard limit too), so the idle test can open the 10,000 connections it asks for."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _terminated(*_: object) -> None:
     # Once: a second SIGTERM (timeout(1) forwards its own) must not cut the clean-up short.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -720,6 +736,7 @@ def main() -> None:
     # SIGTERM (timeout, kill) unwinds like Ctrl-C, so nginx, the helper servers and
     # clawgate are stopped by environment() instead of being left running.
     signal.signal(signal.SIGTERM, _terminated)
+    raise_fd_limit(2 * args.idle_ws + 1024)
     results = run(args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
