@@ -42,29 +42,13 @@ from proxy.session import Session, SessionCodec, SessionError, parse_cookie_head
 from proxy.settings import Settings
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import Throttle
-from proxy.upstream_link import PoolKey, serialize_head
+from proxy.upstream_link import HeadReader, PoolKey, serialize_head
 
 log = structlog.get_logger("clawgate.proxy")
 
 _METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"})
 # aiohttp's own limit on the number of headers is higher; past this the handler decides.
 _MAX_HEADERS = 100
-
-
-class _Head:
-    """llhttp callbacks for one request head."""
-
-    __slots__ = ("headers", "url")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
 
 
 class Exchange:
@@ -187,7 +171,7 @@ def _plan_fresh(
     transport_scheme: str,
     logger: Any,
 ) -> Exchange | None:
-    head = _Head()
+    head = HeadReader()
     parser = httptools.HttpRequestParser(head)
     upgrade = False
     try:

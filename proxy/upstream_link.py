@@ -53,14 +53,19 @@ class ResponseHead:
         self.rendered: dict[object, tuple[bytes, bool]] = {}
 
 
-class _HeadReader:
-    """llhttp callbacks gathering one response head."""
+class HeadReader:
+    """llhttp callbacks gathering one head: the request target (``url``) or the status
+    reason, and the header list in order."""
 
-    __slots__ = ("headers", "reason")
+    __slots__ = ("headers", "reason", "url")
 
     def __init__(self) -> None:
+        self.url = b""
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -81,7 +86,7 @@ def response_head(raw: bytes, status: int) -> ResponseHead:
     hit = _HEADS.get(raw)
     if hit is not None:
         return hit
-    reader = _HeadReader()
+    reader = HeadReader()
     httptools.HttpResponseParser(reader).feed_data(raw)
     head = ResponseHead(status, reader.reason, reader.headers)
     if len(raw) <= _HEAD_CACHED_MAX:
