@@ -72,7 +72,6 @@ class Exchange:
         "route",
         "session",
         "timeout",
-        "user",
         "websocket",
         "ws_key",
     )
@@ -85,16 +84,15 @@ class Exchange:
         method: str,
         host: str,
         path: str,
-        user: str | None,
         headers: CIMultiDict[str],
         head_bytes: bytes,
         key: PoolKey,
         body_left: int,
         close_after: bool,
+        access_line: PreparedLine,
         session: Session | None = None,
         client_ip: str = "",
         ws_key: str | None = None,
-        access_line: PreparedLine | None = None,
         expect_continue: bool = False,
     ) -> None:
         self.route = route
@@ -102,7 +100,6 @@ class Exchange:
         self.method = method
         self.host = host
         self.path = path
-        self.user = user
         self.session = session
         self.client_ip = client_ip
         # A WebSocket upgrade: relayed raw (proxy/wsrelay.py) once the upstream agrees.
@@ -116,7 +113,7 @@ class Exchange:
         self.response_headers = route.response_headers
         self.timeout = route.timeout
         self.idle_timeout = route.idle_timeout
-        # The access line's known part, rendered once per remembered head.
+        # Written when the exchange ends; rendered once per remembered head.
         self.access_line = access_line
         # The client waits for "100 Continue" before it sends the body.
         self.expect_continue = expect_continue and body_left > 0
@@ -296,7 +293,9 @@ def _plan_fresh(
     # Committed: from here on this request is the front's.
     given = trusted_request_id(headers) if hops > 0 else None
     rid = given or new_request_id()
-    user = _admitted(logger, rid, session, decision.reason, route, method, path)
+    user = (session.email or session.sub) if session is not None else None
+    lines = _Lines(decision.reason, route, user, method, host, path)
+    _admitted(logger, rid, decision.reason, lines)
     out = upstream_headers(
         headers,
         request_host=host,
@@ -345,7 +344,7 @@ def _plan_fresh(
             expect_continue=expect_continue,
             given_id=given,
             key=key,
-            user=user,
+            lines=lines,
         )
     return Exchange(
         route=route,
@@ -353,7 +352,6 @@ def _plan_fresh(
         method=method,
         host=host,
         path=path,
-        user=user,
         headers=headers,
         head_bytes=request_head,
         key=key,
@@ -363,6 +361,7 @@ def _plan_fresh(
         ws_key=ws_key,
         close_after=close_after,
         expect_continue=expect_continue,
+        access_line=lines.access,
     )
 
 
@@ -379,30 +378,38 @@ def _limited(throttle: Throttle, settings: Settings, ip: str, session: Session |
     )
 
 
-def _admitted(
-    logger: Any,
-    rid: str,
-    session: Session | None,
-    reason: str,
-    route: Route,
-    method: str,
-    path: str,
-) -> str | None:
+class _Lines:
+    """The two log lines of an admitted request (the decision and, at its end, the
+    access line), rendered once but for the request id, status and duration; kept with
+    a remembered head for every request admitted from it."""
+
+    __slots__ = ("access", "authorization")
+
+    def __init__(
+        self, reason: str, route: Route, user: str | None, method: str, host: str, path: str
+    ) -> None:
+        self.authorization = PreparedLine(
+            "authorization",
+            {
+                "allow": True,
+                "reason": reason,
+                "route": route.name,
+                "user": user,
+                "method": method,
+                "path": path,
+            },
+        )
+        self.access = PreparedLine(
+            "access",
+            {"method": method, "host": host, "path": path, "user": user, "route": route.name},
+        )
+
+
+def _admitted(logger: Any, rid: str, reason: str, lines: _Lines) -> None:
     """Count and log the allow decision, as the handler does (and count the request as
-    the front's); returns the user's name."""
-    user = (session.email or session.sub) if session is not None else None
+    the front's)."""
     metrics.front_admitted(reason)
-    logger.info(
-        "authorization",
-        request_id=rid,
-        allow=True,
-        reason=reason,
-        route=route.name,
-        user=user,
-        method=method,
-        path=path,
-    )
-    return user
+    lines.authorization.info(logger, rid)
 
 
 def _with_id(prefix: bytes, rid: str) -> bytes:
@@ -413,11 +420,9 @@ class _Template:
     """What a fresh admission of one request head found, for the next identical head."""
 
     __slots__ = (
-        "access_line",
         "assertion",
         "assertion_until",
         "audience",
-        "auth_line",
         "body_left",
         "client_ip",
         "close_after",
@@ -426,6 +431,7 @@ class _Template:
         "headers",
         "host",
         "key",
+        "lines",
         "method",
         "path",
         "prefix",
@@ -433,7 +439,6 @@ class _Template:
         "route",
         "session",
         "snap",
-        "user",
     )
 
     def __init__(
@@ -457,7 +462,7 @@ class _Template:
         expect_continue: bool,
         given_id: str | None,
         key: PoolKey,
-        user: str | None,
+        lines: _Lines,
     ) -> None:
         self.snap = snap
         self.route = route
@@ -478,24 +483,7 @@ class _Template:
         self.expect_continue = expect_continue
         self.given_id = given_id
         self.key = key
-        self.user = user
-        # The two log lines of every request admitted from here, rendered but for the
-        # request id (and the access line's status and duration).
-        self.auth_line = PreparedLine(
-            "authorization",
-            {
-                "allow": True,
-                "reason": reason,
-                "route": route.name,
-                "user": user,
-                "method": method,
-                "path": path,
-            },
-        )
-        self.access_line = PreparedLine(
-            "access",
-            {"method": method, "host": host, "path": path, "user": user, "route": route.name},
-        )
+        self.lines = lines
 
 
 # Heads admitted before, by (head bytes, peer address). Bounded in entries and in the
@@ -540,15 +528,13 @@ def _from_template(
     if _limited(throttle, t.snap.settings, t.client_ip, session):
         return None
     rid = t.given_id or new_request_id()
-    metrics.front_admitted(t.reason)
-    t.auth_line.info(logger, rid)  # the decision line, as _admitted() writes it
+    _admitted(logger, rid, t.reason, t.lines)
     return Exchange(
         route=route,
         rid=rid,
         method=t.method,
         host=t.host,
         path=t.path,
-        user=t.user,
         headers=t.headers,
         head_bytes=_with_id(t.prefix, rid),
         key=t.key,
@@ -557,7 +543,7 @@ def _from_template(
         client_ip=t.client_ip,
         close_after=t.close_after,
         expect_continue=t.expect_continue,
-        access_line=t.access_line,
+        access_line=t.lines.access,
     )
 
 

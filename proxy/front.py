@@ -636,23 +636,9 @@ class FrontConnection(asyncio.Protocol):
         self._ex = None
         self._clear_udeadline()
         elapsed = time.perf_counter() - self._started
-        duration_ms = round(elapsed * 1000, 2)
-        if ex.access_line is not None:
-            ex.access_line.info(
-                self._front.log, ex.rid, status=self._status, duration_ms=duration_ms
-            )
-        else:
-            self._front.log.info(
-                "access",
-                request_id=ex.rid,
-                method=ex.method,
-                host=ex.host,
-                path=ex.path,
-                user=ex.user,
-                route=ex.route.name,
-                status=self._status,
-                duration_ms=duration_ms,
-            )
+        ex.access_line.info(
+            self._front.log, ex.rid, status=self._status, duration_ms=round(elapsed * 1000, 2)
+        )
         metrics.front_done(ex.route.name, self._status, elapsed, self._upstream_s)
         if self._transport is None:
             return

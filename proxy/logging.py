@@ -10,6 +10,7 @@ whole lines in pieces of at most PIPE_BUF). Outside a running loop (the CLI, oth
 threads) a line is written at once, and whatever is still gathered at exit is written
 then. Console lines take the same writer, so workers sharing a terminal never mix lines.
 """
+
 from __future__ import annotations
 
 import asyncio
