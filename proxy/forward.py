@@ -110,6 +110,8 @@ def strip_cookies(header: str, drop_prefix: str) -> str:
 # (send_continue below; the front in proxy/front.py): passed on, it would make an HTTP
 # client library wait for the upstream's own 100, which a server may never send.
 _ANSWERED_HERE = frozenset({"expect"})
+# Request headers no upstream ever receives from the client, whatever the route.
+_NEVER_FORWARDED = HOP_BY_HOP | ATTRIBUTION_HEADERS | _ANSWERED_HERE
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -147,7 +149,7 @@ def upstream_headers(
 ) -> CIMultiDict[str]:
     """The header set the upstream receives. ``strip`` lists identity header names
     (lower case); ``request_host`` is the Host the client sent."""
-    drop = HOP_BY_HOP | ATTRIBUTION_HEADERS | _ANSWERED_HERE | strip | connection_tokens(headers)
+    drop = _NEVER_FORWARDED | strip | connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         key = name.lower()

@@ -540,16 +540,15 @@ def _join_peers(runtime: Runtime) -> Peers | None:
     return peers
 
 
-_LIMITS: dict[int, tuple[Settings, Limits]] = {}
+_LIMITS: list[tuple[Settings, Limits]] = []  # the configuration last asked about
 
 
 def connection_limits(runtime: Runtime) -> Limits:
     """The connection limits of the configuration in force (asked for on every request:
     built once per configuration)."""
     settings = runtime.snapshot.settings
-    hit = _LIMITS.get(id(settings))
-    if hit is not None and hit[0] is settings:
-        return hit[1]
+    if _LIMITS and _LIMITS[0][0] is settings:
+        return _LIMITS[0][1]
     # Behind trusted proxies every connection comes from a proxy: a per-peer cap would
     # throttle the load balancer, not a client. The proxy in front owns that limit.
     cap = settings.max_connections_per_ip if settings.xff_num_trusted_hops == 0 else None
@@ -558,8 +557,7 @@ def connection_limits(runtime: Runtime) -> Limits:
         header_timeout=settings.timeout_header,
         read_timeout=settings.timeout_read,
     )
-    _LIMITS.clear()  # one configuration is in force at a time
-    _LIMITS[id(settings)] = (settings, limits)
+    _LIMITS[:] = [(settings, limits)]
     return limits
 
 
