@@ -156,7 +156,7 @@ class Bench:
 
 _NGINX_COMMON = """
 user root;
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 pid {tmp}/{name}.pid;
 error_log {tmp}/{name}.error.log warn;
@@ -182,10 +182,11 @@ def nginx_upstream_conf(tmp: Path, port: int) -> str:
     root {tmp}/www;
     location / {{ default_type text/plain; }}
   }}"""
-    return _NGINX_COMMON.format(tmp=tmp, name="nginx-upstream", body=body)
+    return _NGINX_COMMON.format(tmp=tmp, name="nginx-upstream", body=body, workers=1)
 
 
-def nginx_proxy_conf(tmp: Path, port: int, upstream: int, ws_upstream: int) -> str:
+def nginx_proxy_conf(tmp: Path, port: int, upstream: int, ws_upstream: int,
+                     workers: int = 1) -> str:
     body = f"""
   upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
@@ -207,7 +208,8 @@ def nginx_proxy_conf(tmp: Path, port: int, upstream: int, ws_upstream: int) -> s
       proxy_set_header Connection $connection_upgrade;
     }}
   }}"""
-    return _NGINX_COMMON.format(tmp=tmp, name="nginx-proxy", body=body)
+    name = "nginx-proxy" if workers == 1 else f"nginx-proxy-w{workers}"
+    return _NGINX_COMMON.format(tmp=tmp, name=name, body=body, workers=workers)
 
 
 # --- clawgate ----------------------------------------------------------------------------
@@ -346,10 +348,13 @@ def wrk(url: str, seconds: float, cookie: str | None = None, conns: int = 64,
     }
 
 
-def wsload(mode: str, url: str, cookie: str | None, **kw: Any) -> list[str]:
+def wsload(mode: str, url: str, cookie: str | None, watch: dict[str, int] | None = None,
+           **kw: Any) -> list[str]:
     cmd = [PY, str(ROOT / "bench/wsload.py"), mode, "--url", url]
     if cookie:
         cmd += ["--cookie", cookie]
+    for name, pid in (watch or {}).items():
+        cmd += ["--watch", f"{name}={pid}"]
     for k, v in kw.items():
         cmd += [f"--{k}", str(v)]
     return cmd
@@ -439,7 +444,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "--cert", str(tmp / "cert.pem"), "--key", str(tmp / "key.pem"),
                  "--upstream", str(up_port)], "pipe").pid,
         }
-        for port in (up_port, ws_port, ng_port, self_port, pipe_port):
+        # The reference with as many workers as each clawgate worker count measured:
+        # whether the machine has room for a second worker shows there first.
+        ng_workers: dict[int, int] = {}
+        for workers in args.workers:
+            if workers > 1 and not args.serve:
+                ng_workers[workers] = free_port()
+                name = f"nginx-proxy-w{workers}"
+                (tmp / f"{name}.conf").write_text(nginx_proxy_conf(
+                    tmp, ng_workers[workers], up_port, ws_port, workers=workers))
+                pids[name] = bench.spawn(
+                    ["nginx", "-p", str(tmp), "-c", str(tmp / f"{name}.conf")], name).pid
+        for port in (up_port, ws_port, ng_port, self_port, pipe_port, *ng_workers.values()):
             wait_port(port, None)
 
         def clawgate(workers: int) -> tuple[subprocess.Popen[bytes], Path, float]:
@@ -506,17 +522,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         ws = results["ws"]
         if not args.skip_ws:
-            for label, url in (("direct", f"ws://127.0.0.1:{ws_port}/ws"),
-                               ("clawgate", f"wss://127.0.0.1:{cg_port}/ws")):
-                out = subprocess.run(
-                    wsload("echo", url, cookie if label == "clawgate" else None,
-                           seconds=secs, conns=50),
-                    capture_output=True, text=True, timeout=secs + 60,
-                )
-                if out.returncode != 0:
-                    raise SystemExit(f"wsload failed: {out.stderr[-2000:]}")
-                ws[label] = json.loads(out.stdout)
-                print(f"  ws {label:10} {ws[label]}", flush=True)
+            print(f"WebSocket echo, 50 connections, 100 B, {secs:g} s each, {runs} round(s)",
+                  flush=True)
+            # nginx relays the same echo over TLS: what a proxy in C reaches on this
+            # machine, where client, proxy and echo server share the cores.
+            ws_targets = (
+                ("direct", f"ws://127.0.0.1:{ws_port}/ws", None),
+                ("nginx", f"wss://127.0.0.1:{ng_port}/ws", pids["nginx-proxy"]),
+                ("clawgate", f"wss://127.0.0.1:{cg_port}/ws", proc.pid),
+            )
+            ws_seen: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in ws_targets}
+            for _ in range(runs):
+                for label, url, proxy_pid in ws_targets:
+                    watch = {"echo": pids["ws-upstream"]}
+                    if proxy_pid is not None:
+                        watch["proxy"] = proxy_pid
+                    out = subprocess.run(
+                        wsload("echo", url, cookie if label == "clawgate" else None,
+                               watch=watch, seconds=secs, conns=50),
+                        capture_output=True, text=True, timeout=secs + 60,
+                    )
+                    if out.returncode != 0:
+                        raise SystemExit(f"wsload failed: {out.stderr[-2000:]}")
+                    ws_seen[label].append(json.loads(out.stdout))
+                    print(f"  ws {label:10} {ws_seen[label][-1]}", flush=True)
+            for label, rows in ws_seen.items():
+                ordered = sorted(rows, key=lambda row: row["round_trips_per_s"])
+                ws[label] = dict(ordered[(len(ordered) - 1) // 2])
+                ws[label]["rounds"] = [round(row["round_trips_per_s"]) for row in rows]
 
         if not args.skip_stream:
             with RssSampler(proc.pid) as sampler:
@@ -542,11 +575,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             proc, _, startup_n = clawgate(workers)
             time.sleep(1.0)  # let every worker bind and warm up
-            http[f"clawgate_w{workers}"] = median_run(
-                [wrk(f"https://127.0.0.1:{cg_port}/", secs, cookie, pid=proc.pid)
-                 for _ in range(runs)])
+            pairs: dict[str, list[dict[str, Any]]] = {
+                f"nginx_w{workers}": [], f"clawgate_w{workers}": []}
+            for _ in range(runs):
+                pairs[f"nginx_w{workers}"].append(
+                    wrk(f"https://127.0.0.1:{ng_workers[workers]}/", secs,
+                        pid=pids[f"nginx-proxy-w{workers}"]))
+                pairs[f"clawgate_w{workers}"].append(
+                    wrk(f"https://127.0.0.1:{cg_port}/", secs, cookie, pid=proc.pid))
+            for label, rows in pairs.items():
+                http[label] = median_run(rows)
+                print(f"  {label:14} {http[label]}", flush=True)
             http[f"clawgate_w{workers}"]["startup_s"] = round(startup_n, 3)
-            print(f"  clawgate_w{workers}    {http[f'clawgate_w{workers}']}", flush=True)
             bench.stop(proc)
     if not args.serve:
         summarize(results)
@@ -650,12 +690,31 @@ def summarize(r: dict[str, Any]) -> None:
         for label in [k for k in http if k.startswith("clawgate_w") and k != "clawgate_w1"]:
             ratios[f"{label}/clawgate_w1"] = round(
                 http[label]["rps"] / http["clawgate_w1"]["rps"], 3)
+            reference = "nginx_w" + label.removeprefix("clawgate_w")
+            if reference in http and "nginx" in http:
+                ratios[f"{reference}/nginx (the reference's own scaling)"] = round(
+                    http[reference]["rps"] / http["nginx"]["rps"], 3)
     r["ratios"] = ratios
     for k, v in ratios.items():
         print(f"  {k:40} {v:6.3f}")
     for k, values in r.get("rounds", {}).items():
         print(f"  {k} per round: {', '.join(f'{v:.3f}' for v in values)}")
     ws = r.get("ws", {})
+    if ws:
+        print()
+        print(f"{'WebSocket echo (50 x 100 B)':28} {'rt/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'CPU us per round trip: proxy':>29} {'echo':>6} {'client':>7} {'ceiling':>9}")
+        cpus = r["machine"]["cpus"] or 1
+        for label, row in ws.items():
+            per = row.get("cpu_us_per_round_trip", {})
+            # Every process of the run shares the machine's cores: round trips/s cannot
+            # exceed cores / (CPU per round trip of all of them together).
+            total = sum(per.values())
+            row["cpu_ceiling_rt_per_s"] = round(cpus / total * 1e6) if total else None
+            print(f"{label:28} {row['round_trips_per_s']:10.0f} {row['p50_us'] / 1000:8.2f} "
+                  f"{row['p99_us'] / 1000:8.2f} {per.get('proxy', '-'):>29} "
+                  f"{per.get('echo', '-'):>6} {per.get('client', '-'):>7} "
+                  f"{row['cpu_ceiling_rt_per_s'] or '-':>9}")
     if "direct" in ws and "clawgate" in ws:
         d, c = ws["direct"], ws["clawgate"]
         r["ws_summary"] = {
@@ -663,9 +722,16 @@ def summarize(r: dict[str, Any]) -> None:
             "added_p50_us": round(c["p50_us"] - d["p50_us"], 1),
             "added_p99_us": round(c["p99_us"] - d["p99_us"], 1),
         }
-        print(f"WebSocket echo, 50 connections, 100 B: direct {d['round_trips_per_s']:.0f}/s, "
-              f"clawgate {c['round_trips_per_s']:.0f}/s (x{r['ws_summary']['ratio']}), "
-              f"added p50 {r['ws_summary']['added_p50_us'] / 1000:.2f} ms, "
+        if "nginx" in ws:
+            n = ws["nginx"]
+            r["ws_summary"]["nginx_ratio"] = round(
+                n["round_trips_per_s"] / d["round_trips_per_s"], 3)
+            r["ws_summary"]["clawgate/nginx"] = round(
+                c["round_trips_per_s"] / n["round_trips_per_s"], 3)
+        print(f"  clawgate/direct {r['ws_summary']['ratio']:.3f}"
+              + (f", nginx/direct {r['ws_summary']['nginx_ratio']:.3f}, clawgate/nginx "
+                 f"{r['ws_summary']['clawgate/nginx']:.3f}" if "nginx" in ws else "")
+              + f"; clawgate added p50 {r['ws_summary']['added_p50_us'] / 1000:.2f} ms, "
               f"p99 {r['ws_summary']['added_p99_us'] / 1000:.2f} ms")
     if "ws_idle" in r:
         i = r["ws_idle"]
