@@ -35,7 +35,48 @@ from policy.parse import format_loc
 from proxy.yamlsource import Loc, LocatedYaml, YamlError, load_located
 
 ENV_PREFIX = "CLAWGATE_"
+MAX_WORKERS = 64
 DEFAULT_SCOPES = ("openid", "profile", "email", "offline_access")
+
+
+def available_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota.
+
+    ``os.cpu_count()`` counts the host's cores; in a container started with
+    ``--cpus 2`` on a large host that would start dozens of workers sharing two cores'
+    worth of time (more memory, more context switches, nothing gained). The quota is
+    rounded up: 1.5 cores gets two workers.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cores = min(cores, quota)
+    return max(1, min(cores, MAX_WORKERS))
+
+
+def _cgroup_quota(root: Path) -> int | None:
+    """Whole cores allowed by the cgroup v2 ``cpu.max`` or v1 CFS quota; None if none."""
+    try:
+        quota, _, period = (root / "cpu.max").read_text().partition(" ")
+        if quota.strip() == "max":
+            return None
+        return -(-int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    for directory in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        try:
+            quota_us = int((root / directory / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / directory / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if quota_us <= 0 or period_us <= 0:
+            return None
+        return -(-quota_us // period_us)
+    return None
+
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -195,7 +236,7 @@ class Settings(BaseSettings):
     health_address: str | None = "127.0.0.1:28080"
     metrics_address: str | None = None
     # One process per core by default; sign-outs and refreshes are shared (proxy/peers.py).
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
+    workers: int = Field(default_factory=available_cpus, ge=1, le=MAX_WORKERS)
     timeout_read: float = 30.0
     timeout_write: float = 0.0
     timeout_idle: float = 300.0

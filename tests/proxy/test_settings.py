@@ -309,3 +309,52 @@ def test_misspelt_environment_variables_are_named(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "unknown:  CLAWGATE_SIGNING_KYE" in proc.stdout
     assert "secret-value" not in proc.stdout + proc.stderr
+
+
+def _cgroup(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({}, None),  # no cgroup CPU controller visible
+        ({"cpu.max": "max 100000\n"}, None),  # v2, unlimited
+        ({"cpu.max": "200000 100000\n"}, 2),  # v2: docker run --cpus 2
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 cores: rounded up
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+        ({"cpu,cpuacct/cpu.cfs_quota_us": "100000\n",
+          "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu.max": "garbage\n"}, None),
+    ],
+)
+def test_default_workers_follow_the_containers_cpu_quota(
+    tmp_path: Path, files: dict[str, str], quota: int | None
+) -> None:
+    import os
+
+    from proxy.settings import MAX_WORKERS, available_cpus
+
+    cores = min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    expected = cores if quota is None else max(1, min(cores, quota))
+    assert available_cpus(_cgroup(tmp_path, files)) == expected
+
+
+def test_default_workers_follow_the_cpu_affinity(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    import os
+
+    from proxy.settings import available_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert available_cpus(tmp_path) == 8
+    assert available_cpus(_cgroup(tmp_path, {"cpu.max": "300000 100000"})) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(200)))
+    assert available_cpus(tmp_path / "none") == 64  # the workers setting's upper bound
+    # The setting's default is that count (this machine's own cgroup decides the cap).
+    assert parse_settings(BASE + ROUTE, "cfg.yaml")[0].workers == available_cpus()
