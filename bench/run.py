@@ -566,7 +566,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  stream {results['stream_download']} {results['stream_upload']}", flush=True)
 
         if args.idle_ws:
-            results["ws_idle"] = idle_websockets(bench, proc.pid, cg_port, cookie, args.idle_ws)
+            # Each proxied WebSocket holds two descriptors in clawgate (client and
+            # upstream). Where one process may not hold that many, the connections are
+            # spread over as many workers as it takes (SO_REUSEPORT), so the test still
+            # opens the count asked for; their RSS is summed.
+            per_process = (fd_hard_limit() - 256) // 2
+            idle_workers = max(1, -(-args.idle_ws // max(1, per_process - 1024)))
+            idle_proc = proc
+            if idle_workers > 1:
+                bench.stop(proc)
+                idle_proc, _, _ = clawgate(idle_workers)
+                time.sleep(1.0)  # every worker listening
+            results["ws_idle"] = idle_websockets(
+                bench, idle_proc.pid, cg_port, cookie, args.idle_ws, idle_workers)
+            if idle_proc is not proc:
+                bench.stop(idle_proc)
             print(f"  idle ws {results['ws_idle']}", flush=True)
         bench.stop(proc)
 
@@ -633,12 +647,18 @@ def top_frames(collapsed: Path, n: int = 25) -> str:
     return "\n".join(lines)
 
 
-def idle_websockets(bench: Bench, pid: int, port: int, cookie: str, count: int) -> dict[str, Any]:
+def fd_hard_limit() -> int:
     import resource
 
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # Each proxied WebSocket holds two descriptors in clawgate (client and upstream).
-    count = min(count, (hard - 256) // 2)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def idle_websockets(bench: Bench, pid: int, port: int, cookie: str, count: int,
+                    workers: int) -> dict[str, Any]:
+    hard = fd_hard_limit()
+    # The load client holds one descriptor per connection, each clawgate worker two per
+    # connection it was given: the most that fits everywhere.
+    count = min(count, hard - 256, workers * (hard - 256) // 2)
     time.sleep(0.5)
     base = family_rss_kb(pid)
     client = subprocess.Popen(
@@ -659,7 +679,7 @@ def idle_websockets(bench: Bench, pid: int, port: int, cookie: str, count: int) 
     per = (held - base) / opened if opened else 0.0
     return {"requested": count, "opened": opened, "failed": failed, "open_s": round(open_s, 1),
             "rss_base_mb": round(base / 1024, 1), "rss_held_mb": round(held / 1024, 1),
-            "kb_per_connection": round(per, 1), "fd_hard_limit": hard}
+            "kb_per_connection": round(per, 1), "fd_hard_limit": hard, "workers": workers}
 
 
 def summarize(r: dict[str, Any]) -> None:
@@ -735,7 +755,9 @@ def summarize(r: dict[str, Any]) -> None:
               f"p99 {r['ws_summary']['added_p99_us'] / 1000:.2f} ms")
     if "ws_idle" in r:
         i = r["ws_idle"]
-        print(f"Idle WebSockets: {i['opened']} open, {i['kb_per_connection']} KB RSS each")
+        spread = f" over {i['workers']} workers" if i.get("workers", 1) > 1 else ""
+        print(f"Idle WebSockets: {i['opened']} open{spread}, "
+              f"{i['kb_per_connection']} KB RSS each")
     for key in ("stream_download", "stream_upload"):
         if key in r:
             s = r[key]
