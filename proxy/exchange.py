@@ -402,6 +402,7 @@ class _Lines:
         self.access = PreparedLine(
             "access",
             {"method": method, "host": host, "path": path, "user": user, "route": route.name},
+            tail=("status", "duration_ms"),
         )
 
 
@@ -409,7 +410,7 @@ def _admitted(logger: Any, rid: str, reason: str, lines: _Lines) -> None:
     """Count and log the allow decision, as the handler does (and count the request as
     the front's)."""
     metrics.front_admitted(reason)
-    lines.authorization.info(logger, rid)
+    lines.authorization.emit(logger, rid)
 
 
 def _with_id(prefix: bytes, rid: str) -> bytes:

@@ -636,9 +636,7 @@ class FrontConnection(asyncio.Protocol):
         self._ex = None
         self._clear_udeadline()
         elapsed = time.perf_counter() - self._started
-        ex.access_line.info(
-            self._front.log, ex.rid, status=self._status, duration_ms=round(elapsed * 1000, 2)
-        )
+        ex.access_line.emit(self._front.log, ex.rid, self._status, round(elapsed * 1000, 2))
         metrics.front_done(ex.route.name, self._status, elapsed, self._upstream_s)
         if self._transport is None:
             return

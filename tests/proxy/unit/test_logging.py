@@ -157,6 +157,32 @@ def test_a_prepared_line_writes_what_the_logger_would(captured: io.BytesIO) -> N
     assert b'"extra":"x"' in captured.getvalue()[start:]
 
 
+def test_emit_writes_what_info_writes(captured: io.BytesIO) -> None:
+    log = structlog.get_logger("t").bind()
+    fields = {"method": "GET", "path": "/a b", "user": "ada@example.com"}
+    line = clawlog.PreparedLine("access", fields, tail=("status", "duration_ms"))
+
+    def last() -> bytes:
+        text = captured.getvalue().splitlines()[-1]
+        return re.sub(rb'"timestamp": ?"[^"]*"', b'"timestamp":""', text)
+
+    line.info(log, "rid-1", status=502, duration_ms=1.5)
+    by_info = last()
+    line.emit(log, "rid-1", 502, 1.5)
+    assert last() == by_info and b'"status":502,"duration_ms":1.5,"event":"access"' in by_info
+    structlog.contextvars.bind_contextvars(worker=2, status="the argument wins")
+    try:
+        line.emit(log, "rid-2", 200, 0.25)
+        with_context = last()
+        line.info(log, "rid-2", status=200, duration_ms=0.25)
+        assert last() == with_context and b'"worker":2' in with_context
+        assert b"the argument wins" not in with_context
+    finally:
+        structlog.contextvars.clear_contextvars()
+    with pytest.raises(TypeError):
+        line.emit(log, "rid-3", 200)
+
+
 def test_a_prepared_line_respects_the_level(captured: io.BytesIO) -> None:
     sys.stderr, real = io.TextIOWrapper(captured, encoding="utf-8"), sys.stderr
     try:
