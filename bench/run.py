@@ -485,6 +485,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.serve)
             return results
 
+        # The same clawgate with log_level: warning, beside it: what the two info lines
+        # per request (decision and access) cost. Reported, not held to the target.
+        quiet_port = free_port()
+        quiet_config = clawgate_config(tmp, quiet_port, up_port, ws_port, 1,
+                                       args.metrics, args.fast)
+        quiet_config["log_level"] = "warning"
+        quiet, quiet_path, _ = start_clawgate(bench, "clawgate-quiet", quiet_config, quiet_port)
+        quiet_cookie = mint_cookie(quiet_path, quiet_port)
+
         secs = args.seconds
         http = results["http"]
         runs = max(1, args.runs)
@@ -496,6 +505,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("aiohttp_self", f"https://127.0.0.1:{self_port}/", None, pids["self"]),
             ("python_pipe", f"https://127.0.0.1:{pipe_port}/", None, pids["pipe"]),
             ("clawgate_w1", f"https://127.0.0.1:{cg_port}/", cookie, proc.pid),
+            ("clawgate_w1_warning_logs", f"https://127.0.0.1:{quiet_port}/", quiet_cookie,
+             quiet.pid),
         )
         # Rounds run every target in turn, so a slow spell on a shared machine touches
         # all of them alike; each target's median round is what is reported.
@@ -510,6 +521,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     spy.wait(30)
                     print(top_frames(args.profile / "clawgate_w1.txt"), flush=True)
                 print(f"  {label:14} {seen[label][-1]}", flush=True)
+        bench.stop(quiet)
         for label, rows in seen.items():
             http[label] = median_run(rows)
         if runs > 1:
@@ -707,7 +719,7 @@ def summarize(r: dict[str, Any]) -> None:
         if base and mine:
             ratios[f"{label}/aiohttp_self (by CPU per request)"] = round(base / mine, 3)
     if "clawgate_w1" in http:
-        for label in [k for k in http if k.startswith("clawgate_w") and k != "clawgate_w1"]:
+        for label in [k for k in http if re.fullmatch(r"clawgate_w\d+", k) and k != "clawgate_w1"]:
             ratios[f"{label}/clawgate_w1"] = round(
                 http[label]["rps"] / http["clawgate_w1"]["rps"], 3)
             reference = "nginx_w" + label.removeprefix("clawgate_w")
