@@ -9,6 +9,9 @@ one keep-alive request head as wrk sends it, then an nginx-like 1 KB response on
 pooled upstream link. What it times is everything clawgate adds over a byte pipe:
 admission, the upstream head, response parsing and head, pool, timers, log lines,
 metrics. ``--profile`` prints cProfile's top functions for the same loop.
+``--opcodes`` counts the Python bytecode instructions clawgate runs per request: a
+figure that does not move with the machine's load, for comparing two versions of the
+code on a shared machine (C work such as TLS, llhttp or orjson is not in it).
 
 The end-to-end figure (bench/run.py, CPU µs per request) is this plus the event loop,
 TLS and the system calls that any proxy pays.
@@ -91,14 +94,14 @@ class _Upstream(_Client):
         self.pending += 1
 
 
-async def _main(rounds: int, profile: bool, keep: bool) -> None:
+async def _main(rounds: int, profile: bool, keep: bool, opcodes: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="clawgate-front-loop-") as directory:
-        await _measure(Path(directory), rounds, profile)
+        await _measure(Path(directory), rounds, profile, opcodes)
         if keep:
             print((Path(directory) / "clawgate.log").read_text()[-1200:])
 
 
-async def _measure(tmp: Path, rounds: int, profile: bool) -> None:
+async def _measure(tmp: Path, rounds: int, profile: bool, opcodes: bool = False) -> None:
     config = clawgate_config(tmp, PORT, UPSTREAM, WS_UPSTREAM, 1, False, True)
     made = generate_self_signed(["127.0.0.1"])
     (tmp / "cert.pem").write_bytes(made.cert_pem)
@@ -142,6 +145,8 @@ async def _measure(tmp: Path, rounds: int, profile: bool) -> None:
         one()
         await asyncio.sleep(0)
     sizes = client.written // 200
+    if opcodes:
+        await _count_opcodes(one)
     profiler = cProfile.Profile() if profile else None
     best = float("inf")
     for _ in range(5):
@@ -168,6 +173,33 @@ async def _measure(tmp: Path, rounds: int, profile: bool) -> None:
     log_file.close()
 
 
+async def _count_opcodes(one: Any, requests: int = 64) -> None:
+    """Bytecode instructions per request, by function, over ``requests`` requests and
+    the loop turn after them (where gathered log lines and metrics are written)."""
+    per: dict[tuple[str, str], int] = {}
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            key = (code.co_filename.rpartition("/")[2], code.co_name)
+            per[key] = per.get(key, 0) + 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for _ in range(requests):
+            one()
+        await asyncio.sleep(0)
+    finally:
+        sys.settrace(None)
+    total = sum(count for (name, _), count in per.items() if name != Path(__file__).name)
+    print(f"Python bytecode instructions per request: {total / requests:.0f} "
+          f"(clawgate's own and the libraries' Python, not C)")
+    for (filename, function), count in sorted(per.items(), key=lambda kv: -kv[1])[:25]:
+        print(f"  {count / requests:7.1f}  {filename}:{function}")
+
+
 def _completed(link: UpstreamLink) -> UpstreamLink:
     link.complete = link.keep_alive = True
     return link
@@ -178,13 +210,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20_000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--show-log", action="store_true", help="print the last log lines")
+    parser.add_argument("--opcodes", action="store_true",
+                        help="also count bytecode instructions per request (load-independent)")
     args = parser.parse_args()
     try:
         import uvloop
 
-        uvloop.run(_main(args.rounds, args.profile, args.show_log))
+        uvloop.run(_main(args.rounds, args.profile, args.show_log, args.opcodes))
     except ImportError:
-        asyncio.run(_main(args.rounds, args.profile, args.show_log))
+        asyncio.run(_main(args.rounds, args.profile, args.show_log, args.opcodes))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -74,6 +75,7 @@ class _Clock:
 
 
 _CLOCK = _Clock()
+_get_ident = threading.get_ident
 
 
 # structlog keeps one ContextVar per key bound with bind_contextvars(); reading those
@@ -189,15 +191,16 @@ class LineWriter:
         # asyncio.get_running_loop() costs a getpid() system call on Python 3.11: the loop
         # seen last is reused while it runs in this same thread (only one loop can).
         loop = self._loop
-        if loop is None or self._thread != threading.get_ident() or not loop.is_running():
+        if loop is None or self._thread != _get_ident() or not loop.is_running():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-            self._loop, self._thread = loop, threading.get_ident()
+            self._loop, self._thread = loop, _get_ident()
         with self._lock:
-            self._pending.append(line)
-            if loop is None or len(self._pending) >= 256:
+            pending = self._pending
+            pending.append(line)
+            if loop is None or len(pending) >= 256:
                 self._write()
                 return
             # Per loop: a loop closed before its flush ran must not hold later lines back.
@@ -365,7 +368,7 @@ class PreparedLine:
     time) it calls ``logger.info`` itself.
     """
 
-    __slots__ = ("event", "fields", "known", "middle", "suffix", "tail", "tail_keys")
+    __slots__ = ("event", "fields", "known", "middle", "suffix", "tail", "tail_keys", "template")
 
     def __init__(self, event: str, fields: Mapping[str, Any], tail: tuple[str, ...] = ()) -> None:
         self.event = event
@@ -378,6 +381,7 @@ class PreparedLine:
         # order); None: not renderable by orjson, every line takes the general path.
         self.middle: bytes | None = None
         self.suffix = b""
+        self.template = b""
         if orjson is not None:
             try:
                 rendered = orjson.dumps(self.fields, option=_OPTIONS)[1:-1]
@@ -385,70 +389,97 @@ class PreparedLine:
             except (TypeError, orjson.JSONEncodeError):
                 return
             self.middle = b"," + rendered if rendered else b""
+            # The whole line with a %s for the request id, each tail value, the bound
+            # context and the timestamp: one C call renders it.
+            self.template = (
+                b'{"request_id":%s'
+                + _escaped(self.middle)
+                + b"".join(_escaped(key) + b"%s" for key in self.tail_keys)
+                + _escaped(self.suffix)
+                + b'%s,"level":"info","timestamp":"%s"}\n'
+            )
 
     def info(self, logger: Any, request_id: str, **tail: Any) -> Any:
-        if orjson is None:
-            return self._general(logger, request_id, tail)
         names = tuple(tail)
-        return self._write(
-            logger, request_id, names, [_json_key(name) for name in names], tail.values()
-        )
+        if names == self.tail:
+            return self.emit(logger, request_id, *tail.values())
+        if orjson is None or not self._fast(logger):
+            return self._general(logger, request_id, tail)
+        if logger.min_level > 20:
+            return None
+        try:
+            extra = self._bound(names)
+            if extra is None:
+                return self._general(logger, request_id, tail)
+            parts = [b'{"request_id":', _dump(request_id), self.middle or b""]
+            for name, value in tail.items():
+                parts.append(_json_key(name))
+                parts.append(_dump(value))
+            parts.append(self.suffix)
+            parts.append(extra)
+            parts.append(b',"level":"info","timestamp":"')
+            parts.append(_CLOCK.stamp_bytes())
+            parts.append(b'"}\n')
+        except (TypeError, orjson.JSONEncodeError):
+            return self._general(logger, request_id, tail)
+        return _write_line(logger._logger, b"".join(parts))
 
     def emit(self, logger: Any, request_id: str, *values: Any) -> Any:
         """``info()`` with the values of the ``tail`` names given at construction, in
-        order: the same line, without a keyword dict or key lookups per call."""
+        order: the same line from the template, without a keyword dict."""
         if len(values) != len(self.tail):
             raise TypeError(f"emit() takes one value for each of {self.tail}")
-        if orjson is None:
-            return self._general(logger, request_id, dict(zip(self.tail, values, strict=True)))
-        return self._write(logger, request_id, self.tail, self.tail_keys, values)
-
-    def _write(
-        self,
-        logger: Any,
-        request_id: str,
-        names: tuple[str, ...],
-        keys: Any,
-        values: Any,
-    ) -> Any:
-        middle = self.middle
         if (
-            middle is None
+            self.middle is None
             or not isinstance(logger, JsonBoundLogger)
             or logger._processors is not _JSON_CHAIN
             or logger._context
         ):
-            return self._general(logger, request_id, dict(zip(names, values, strict=True)))
+            return self._general(logger, request_id, dict(zip(self.tail, values, strict=True)))
         if logger.min_level > 20:
             return None
-        dumps = orjson.dumps
         try:
-            parts = [b'{"request_id":', dumps(request_id), middle]
-            for key, value in zip(keys, values, strict=True):
-                parts.append(key)
-                parts.append(dumps(value, default=_fallback, option=_OPTIONS))
-            parts.append(self.suffix)
-            if _BOUND:
-                known = self.known
-                for name, var in _BOUND_VARS.current(_BOUND):
-                    value = var.get(Ellipsis)
-                    if value is Ellipsis or name in known or name in names:
-                        continue
-                    if name in _RESERVED:
-                        return self._general(
-                            logger, request_id, dict(zip(names, values, strict=True))
-                        )
-                    parts.append(_json_key(name))
-                    parts.append(dumps(value, default=_fallback, option=_OPTIONS))
+            extra = self._bound(self.tail) if _BOUND else b""
+            if extra is None:
+                return self._general(logger, request_id, dict(zip(self.tail, values, strict=True)))
+            line = self.template % (
+                _dump(request_id),
+                *map(_dump, values),
+                extra,
+                _CLOCK.stamp_bytes(),
+            )
         except (TypeError, orjson.JSONEncodeError):
-            return self._general(logger, request_id, dict(zip(names, values, strict=True)))
-        parts.append(b',"level":"info","timestamp":"')
-        parts.append(_CLOCK.stamp_bytes())
-        parts.append(b'"}\n')
+            return self._general(logger, request_id, dict(zip(self.tail, values, strict=True)))
         writer = logger._logger
         if isinstance(writer, LineWriter):
-            return writer.line(b"".join(parts))
-        return writer.msg(b"".join(parts)[:-1])
+            return writer.line(line)
+        return writer.msg(line[:-1])
+
+    def _fast(self, logger: Any) -> bool:
+        """Whether this line may be rendered here rather than by the logger."""
+        return (
+            self.middle is not None
+            and isinstance(logger, JsonBoundLogger)
+            and logger._processors is _JSON_CHAIN
+            and not logger._context
+        )
+
+    def _bound(self, names: tuple[str, ...]) -> bytes | None:
+        """The bound context's keys not in the line, rendered as the logger adds them;
+        None when one would clash with the level or the timestamp."""
+        if not _BOUND:
+            return b""
+        parts: list[bytes] = []
+        known = self.known
+        for name, var in _BOUND_VARS.current(_BOUND):
+            value = var.get(Ellipsis)
+            if value is Ellipsis or name in known or name in names:
+                continue
+            if name in _RESERVED:
+                return None
+            parts.append(_json_key(name))
+            parts.append(_dump(value))
+        return b"".join(parts)
 
     def _general(self, logger: Any, request_id: str, tail: dict[str, Any]) -> Any:
         return logger.info(self.event, request_id=request_id, **self.fields, **tail)
@@ -456,6 +487,22 @@ class PreparedLine:
 
 _RESERVED = frozenset({"level", "timestamp"})
 _KEYS: dict[str, bytes] = {}
+_dump: Callable[[Any], bytes] = (
+    functools.partial(orjson.dumps, default=_fallback, option=_OPTIONS)
+    if orjson is not None
+    else json.dumps  # never called without orjson
+)
+
+
+def _write_line(writer: Any, line: bytes) -> Any:
+    if isinstance(writer, LineWriter):
+        return writer.line(line)
+    return writer.msg(line[:-1])
+
+
+def _escaped(literal: bytes) -> bytes:
+    """``literal`` for a %-format template: its own % signs doubled."""
+    return literal.replace(b"%", b"%%")
 
 
 def _json_key(name: str) -> bytes:
