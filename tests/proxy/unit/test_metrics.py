@@ -142,3 +142,41 @@ def test_a_batch_left_by_a_stopped_loop_is_flushed_by_the_next() -> None:
 
     asyncio.run(second())
     assert counter.labels("r")._value.get() == 2
+
+
+def test_a_turn_of_front_requests_on_several_routes_counts_as_direct_updates() -> None:
+    """Several routes, statuses and latencies (some with no upstream head) in one turn:
+    every bucket, sum and count equals what one direct update per request gives."""
+    rows = [
+        (route, status, seconds, upstream)
+        for route in ("a", "b", "c")
+        for status, seconds, upstream in (
+            (200, 0.0004, 0.0001), (200, 0.003, 0.002), (404, 0.1, -1.0),
+            (502, 31.0, 30.5), (200, 0.0005, 0.0005), (200, 1e-7, -1.0),
+        )
+    ][:-2]  # route c one short: the groups differ in size
+
+    def lines(prefix: str) -> list[str]:
+        metrics.flush()
+        text = generate_latest(metrics.REGISTRY).decode()
+        found = [ln.replace(f'"{prefix}-', '"x-') for ln in text.splitlines()
+                 if f'route="{prefix}-' in ln and "_created" not in ln]
+        return sorted(found)
+
+    async def front(prefix: str) -> None:
+        for route, status, seconds, upstream in rows:
+            metrics.front_done(f"{prefix}-{route}", status, seconds, upstream)
+        await asyncio.sleep(0)
+
+    def direct(prefix: str) -> None:
+        for route, status, seconds, upstream in rows:
+            if upstream >= 0:
+                metrics.UPSTREAM_SECONDS.labels(f"{prefix}-{route}").observe(upstream)
+            metrics.REQUESTS.labels(f"{prefix}-{route}", str(status)).inc()
+            metrics.REQUEST_SECONDS.labels(f"{prefix}-{route}").observe(seconds)
+
+    asyncio.run(front("turn"))
+    direct("direct")
+    got, want = lines("turn"), lines("direct")
+    assert got == want and len(got) > 3 * len(_BUCKETS)
+    assert 'clawgate_http_requests_total{route="x-c",status="200"} 2.0' in got
