@@ -836,6 +836,8 @@ def _head_prefix(
 
 
 def _head_suffix(prefix: bytes, rid: str | None, *, chunked: bool, close: bool) -> bytes:
+    if rid is not None and not chunked and not close:  # the usual keep-alive response
+        return b"%sX-Request-Id: %s\r\n\r\n" % (prefix, rid.encode())
     parts = [prefix]
     if rid is not None:
         parts.append(b"X-Request-Id: %s\r\n" % rid.encode())

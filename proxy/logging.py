@@ -368,7 +368,17 @@ class PreparedLine:
     time) it calls ``logger.info`` itself.
     """
 
-    __slots__ = ("event", "fields", "known", "middle", "suffix", "tail", "tail_keys", "template")
+    __slots__ = (
+        "event",
+        "fields",
+        "known",
+        "middle",
+        "ready",
+        "suffix",
+        "tail",
+        "tail_keys",
+        "template",
+    )
 
     def __init__(self, event: str, fields: Mapping[str, Any], tail: tuple[str, ...] = ()) -> None:
         self.event = event
@@ -382,6 +392,9 @@ class PreparedLine:
         self.middle: bytes | None = None
         self.suffix = b""
         self.template = b""
+        # The logger emit() last found it may write for: a bound logger's class, level,
+        # processors, context and writer do not change, so they are checked once.
+        self.ready: Any = None
         if orjson is not None:
             try:
                 rendered = orjson.dumps(self.fields, option=_OPTIONS)[1:-1]
@@ -427,17 +440,14 @@ class PreparedLine:
     def emit(self, logger: Any, request_id: str, *values: Any) -> Any:
         """``info()`` with the values of the ``tail`` names given at construction, in
         order: the same line from the template, without a keyword dict."""
-        if len(values) != len(self.tail):
-            raise TypeError(f"emit() takes one value for each of {self.tail}")
-        if (
-            self.middle is None
-            or not isinstance(logger, JsonBoundLogger)
-            or logger._processors is not _JSON_CHAIN
-            or logger._context
-        ):
-            return self._general(logger, request_id, dict(zip(self.tail, values, strict=True)))
-        if logger.min_level > 20:
-            return None
+        if logger is not self.ready:
+            if len(values) != len(self.tail):
+                raise TypeError(f"emit() takes one value for each of {self.tail}")
+            if not self._fast(logger) or not isinstance(logger._logger, LineWriter):
+                return self._general(logger, request_id, dict(zip(self.tail, values, strict=True)))
+            if logger.min_level > 20:
+                return None
+            self.ready = logger
         try:
             extra = self._bound(self.tail) if _BOUND else b""
             if extra is None:
@@ -449,11 +459,10 @@ class PreparedLine:
                 _CLOCK.stamp_bytes(),
             )
         except (TypeError, orjson.JSONEncodeError):
+            if len(values) != len(self.tail):  # the template found too few or too many
+                raise TypeError(f"emit() takes one value for each of {self.tail}") from None
             return self._general(logger, request_id, dict(zip(self.tail, values, strict=True)))
-        writer = logger._logger
-        if isinstance(writer, LineWriter):
-            return writer.line(line)
-        return writer.msg(line[:-1])
+        return logger._logger.line(line)
 
     def _fast(self, logger: Any) -> bool:
         """Whether this line may be rendered here rather than by the logger."""
