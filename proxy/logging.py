@@ -362,10 +362,11 @@ class PreparedLine:
 
     ``line.info(logger, rid, **tail)`` writes exactly what
     ``logger.info(event, request_id=rid, **fields, **tail)`` writes (same keys, same
-    order, the bound context, level and timestamp), at about half the cost. Whenever
-    that equivalence is not certain (another configuration, a logger with bound
-    values, a value orjson cannot render, a context key named like the level or the
-    time) it calls ``logger.info`` itself.
+    order, the bound context, level and timestamp); ``line.emit(logger, rid, *values)``
+    does the same for the ``tail`` names declared at construction, filling one bytes
+    template in a single C call. Whenever that equivalence is not certain (another
+    configuration, a logger with bound values, a value orjson cannot render, a context
+    key named like the level or the time) it calls ``logger.info`` itself.
     """
 
     __slots__ = (
