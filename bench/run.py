@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/run.py                 # full run (about 3 minutes)
+    .venv/bin/python bench/run.py                 # full run (about 6 minutes)
     .venv/bin/python bench/run.py --quick         # 3 s per load run, smaller transfers
     .venv/bin/python bench/run.py --json out.json # also write the results as JSON
 
