@@ -114,6 +114,17 @@ def _public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
     return jwk
 
 
+def _cache_key(session: Session, audience: str) -> tuple[tuple[Any, ...], str | None]:
+    """The signer's cache key for ``session`` at ``audience``, and the ``name`` claim.
+
+    Everything the token states is part of the key: a refreshed session with the same
+    sid but new groups must not get the old token back."""
+    name = session.claims.get("name")
+    if not isinstance(name, str):
+        name = None
+    return (session.sid, audience, session.sub, session.email, session.groups, name), name
+
+
 class AssertionSigner:
     """Signs identity assertions with one P-256 key.
 
@@ -146,12 +157,7 @@ class AssertionSigner:
 
         A cached token is returned while less than 80% of its lifetime has passed.
         """
-        name = session.claims.get("name")
-        if not isinstance(name, str):
-            name = None
-        # Everything the token states is part of the key: a refreshed session with
-        # the same sid but new groups must not get the old token back.
-        key = (session.sid, audience, session.sub, session.email, session.groups, name)
+        key, name = _cache_key(session, audience)
         hit = self._cache.get(key)
         if hit is not None:
             token, issued = hit
@@ -183,12 +189,7 @@ class AssertionSigner:
         """Until when (epoch seconds, exclusive) :meth:`sign` returns the token it has
         cached for ``session`` at ``audience``; 0 when it has none. The token stays
         valid past that (reuse ends at 80% of its lifetime)."""
-        name = session.claims.get("name")
-        if not isinstance(name, str):
-            name = None
-        hit = self._cache.get(
-            (session.sid, audience, session.sub, session.email, session.groups, name)
-        )
+        hit = self._cache.get(_cache_key(session, audience)[0])
         return 0 if hit is None else hit[1] + self._reuse_for
 
     def jwks(self) -> dict[str, Any]:
