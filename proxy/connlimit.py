@@ -39,6 +39,7 @@ from aiohttp.web_server import Server
 
 from proxy import pages
 from proxy.ratelimit import address_key
+from proxy.settings import Settings
 
 log = structlog.get_logger("clawgate.connections")
 
@@ -48,6 +49,7 @@ __all__ = [
     "GuardedSite",
     "Limits",
     "framing_refusal",
+    "limits_for",
 ]
 
 
@@ -83,6 +85,18 @@ class Limits:
     max_connections_per_ip: int | None
     header_timeout: float
     read_timeout: float
+
+
+def limits_for(settings: Settings) -> Limits:
+    """The connection limits a configuration sets (made once, with its snapshot)."""
+    # Behind trusted proxies every connection comes from a proxy: a per-peer cap would
+    # throttle the load balancer, not a client. The proxy in front owns that limit.
+    cap = settings.max_connections_per_ip if settings.xff_num_trusted_hops == 0 else None
+    return Limits(
+        max_connections_per_ip=cap,
+        header_timeout=settings.timeout_header,
+        read_timeout=settings.timeout_read,
+    )
 
 
 class ConnectionCounter:

@@ -540,25 +540,10 @@ def _join_peers(runtime: Runtime) -> Peers | None:
     return peers
 
 
-_LIMITS: list[tuple[Settings, Limits]] = []  # the configuration last asked about
-
-
 def connection_limits(runtime: Runtime) -> Limits:
-    """The connection limits of the configuration in force (asked for on every request:
-    built once per configuration)."""
-    settings = runtime.snapshot.settings
-    if _LIMITS and _LIMITS[0][0] is settings:
-        return _LIMITS[0][1]
-    # Behind trusted proxies every connection comes from a proxy: a per-peer cap would
-    # throttle the load balancer, not a client. The proxy in front owns that limit.
-    cap = settings.max_connections_per_ip if settings.xff_num_trusted_hops == 0 else None
-    limits = Limits(
-        max_connections_per_ip=cap,
-        header_timeout=settings.timeout_header,
-        read_timeout=settings.timeout_read,
-    )
-    _LIMITS[:] = [(settings, limits)]
-    return limits
+    """The connection limits of the configuration in force (asked for on every request;
+    made with the snapshot)."""
+    return runtime.snapshot.limits
 
 
 def _bound_port(site: web.TCPSite) -> int | None:

@@ -21,6 +21,7 @@ from policy.engine import Policy
 from policy.parse import PolicyError, compile_route_policy
 from policy.routes import RouteMatcher, RouteTable, parse_from
 from proxy.assertion import AssertionSigner, generate_signing_key, load_signing_key
+from proxy.connlimit import Limits, limits_for
 from proxy.session import SessionCodec
 from proxy.settings import ConfigError, RouteSettings, Settings, describe, load_settings
 from proxy.yamlsource import LocatedYaml
@@ -95,6 +96,7 @@ class Snapshot:
     hosts: RouteTable[str]
     keys: Keys
     identity_headers: frozenset[str]
+    limits: Limits
     pending_restart: tuple[str, ...] = field(default=())
 
 
@@ -201,6 +203,7 @@ def build_snapshot(
         hosts=hosts,
         keys=keys,
         identity_headers=frozenset(names),
+        limits=limits_for(settings),
     )
 
 
