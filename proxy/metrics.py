@@ -31,6 +31,7 @@ import re
 import threading
 from bisect import bisect_left
 from collections import Counter as Tally
+from collections.abc import Callable
 from itertools import compress, repeat
 from typing import Any
 
@@ -126,8 +127,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.counts: dict[Any, float] = {}
-        # histogram child -> [sum, count in bucket 0, count in bucket 1, ...]
-        self.observations: dict[Any, list[float]] = {}
+        self.observed: list[tuple[Any, float]] = []  # (histogram child, value)
         # The front's requests as they came: decision reasons at admission, and
         # (route, status, seconds, upstream seconds) at the end; counted at the flush.
         self.admitted: list[str] = []
@@ -145,12 +145,7 @@ class _Batch:
 
     def observe(self, child: Any, seconds: float) -> None:
         if self.gathering():
-            row = self.observations.get(child)
-            if row is None:
-                row = self.observations[child] = [0.0] * (len(_BOUNDS) + 1)
-            row[0] += seconds
-            # Prometheus's bucket is the first whose bound is >= the value.
-            row[1 + bisect_left(_BOUNDS, seconds)] += 1
+            self.observed.append((child, seconds))
         else:
             child.observe(seconds)
 
@@ -177,13 +172,20 @@ class _Batch:
 
     def flush(self) -> None:
         with self.lock:
-            self._resolve_front()
             counts, self.counts = self.counts, {}
-            observations, self.observations = self.observations, {}
+            observed, self.observed = self.observed, []
+            admitted, self.admitted = self.admitted, []
+            done, self.done = self.done, []
             self.loop = None
+        # histogram child -> [sum, count in bucket 0, count in bucket 1, ...]
+        rows: dict[Any, list[float]] = {}
+        if observed:
+            children, values = zip(*observed, strict=True)
+            _histogram_rows(rows, children, values, _itself)
+        _count_front(counts, rows, admitted, done)
         for child, amount in counts.items():
             child.inc(amount)
-        for child, row in observations.items():
+        for child, row in rows.items():
             # Histogram.observe() per sample is what this saves; its per-bucket values
             # (``_sum``, ``_buckets``) are what it updates, in the same order.
             child._sum.inc(row[0])
@@ -191,61 +193,73 @@ class _Batch:
                 if seen:
                     child._buckets[index].inc(seen)
 
-    def _resolve_front(self) -> None:
-        """Count the front's requests of this turn. The rows are transposed and counted
-        with C iterators (zip, Counter, map), so the Python work is per distinct label
-        value, not per request."""
-        admitted, self.admitted = self.admitted, []
-        done, self.done = self.done, []
-        counts = self.counts
-        if admitted:
-            counts[_FAST_SERVED] = counts.get(_FAST_SERVED, 0) + len(admitted)
-            for reason, seen in Tally(admitted).items():
-                child = _decision_child(True, reason)
-                counts[child] = counts.get(child, 0) + seen
-        if not done:
-            return
-        routes, statuses, seconds, upstream_seconds = zip(*done, strict=True)
-        for (route, status), seen in Tally(zip(routes, statuses, strict=True)).items():
-            child = _request_child(route, status)
-            counts[child] = counts.get(child, 0) + seen
-        self._observe_all(_latency_child, routes, seconds)
-        # Only requests whose upstream head came have an upstream latency (>= 0).
-        came = list(map((0.0).__le__, upstream_seconds))
-        self._observe_all(
-            _upstream_child,
-            tuple(compress(routes, came)),
-            tuple(compress(upstream_seconds, came)),
-        )
 
-    def _observe_all(
-        self, child_of: Any, routes: tuple[str, ...], values: tuple[float, ...]
-    ) -> None:
-        """``observe(child_of(route), value)`` for each pair, gathered per route."""
-        if not values:
-            return
-        size = len(_BOUNDS) + 1
-        rows: dict[str, list[float]] = {}
-        if len(set(routes)) == 1:
-            rows[routes[0]] = row = [0.0] * size
-            row[0] = sum(values)
+def _count_front(
+    counts: dict[Any, float],
+    rows: dict[Any, list[float]],
+    admitted: list[str],
+    done: list[tuple[str, int, float, float]],
+) -> None:
+    """Add a turn of the front's requests to ``counts`` and histogram ``rows``. The
+    requests are transposed and counted with C iterators (zip, Counter, map), so the
+    Python work is per distinct label value, not per request."""
+    if admitted:
+        counts[_FAST_SERVED] = counts.get(_FAST_SERVED, 0) + len(admitted)
+        for reason, seen in Tally(admitted).items():
+            child = _decision_child(True, reason)
+            counts[child] = counts.get(child, 0) + seen
+    if not done:
+        return
+    routes, statuses, seconds, upstream_seconds = zip(*done, strict=True)
+    for (route, status), seen in Tally(zip(routes, statuses, strict=True)).items():
+        child = _request_child(route, status)
+        counts[child] = counts.get(child, 0) + seen
+    _histogram_rows(rows, routes, seconds, _latency_child)
+    # Only requests whose upstream head came have an upstream latency (>= 0).
+    came = list(map((0.0).__le__, upstream_seconds))
+    _histogram_rows(
+        rows,
+        tuple(compress(routes, came)),
+        tuple(compress(upstream_seconds, came)),
+        _upstream_child,
+    )
+
+
+def _histogram_rows(
+    into: dict[Any, list[float]],
+    keys: tuple[Any, ...],
+    values: tuple[float, ...],
+    child_of: Callable[[Any], Any],
+) -> None:
+    """Add ``values`` to the rows of ``child_of(key)``, key by key: the sum first, then
+    the count in each bucket."""
+    if not values:
+        return
+    size = len(_BOUNDS) + 1
+    rows: dict[Any, list[float]] = {}
+    if len(set(keys)) == 1:
+        rows[keys[0]] = row = [0.0] * size
+        row[0] = sum(values)
+    else:
+        for key, value in zip(keys, values, strict=True):
+            row = rows.get(key) or rows.setdefault(key, [0.0] * size)
+            row[0] += value
+    # Prometheus's bucket is the first whose bound is >= the value.
+    buckets = map(bisect_left, repeat(_BOUNDS), values)
+    for (key, bucket), seen in Tally(zip(keys, buckets, strict=True)).items():
+        rows[key][1 + bucket] += seen
+    for key, row in rows.items():
+        child = child_of(key)
+        have = into.get(child)
+        if have is None:
+            into[child] = row
         else:
-            for route, value in zip(routes, values, strict=True):
-                row = rows.get(route) or rows.setdefault(route, [0.0] * size)
-                row[0] += value
-        # Prometheus's bucket is the first whose bound is >= the value.
-        buckets = map(bisect_left, repeat(_BOUNDS), values)
-        for (route, bucket), seen in Tally(zip(routes, buckets, strict=True)).items():
-            rows[route][1 + bucket] += seen
-        observations = self.observations
-        for route, row in rows.items():
-            child = child_of(route)
-            have = observations.get(child)
-            if have is None:
-                observations[child] = row
-            else:
-                for index, value in enumerate(row):
-                    have[index] += value
+            for index, value in enumerate(row):
+                have[index] += value
+
+
+def _itself(child: Any) -> Any:
+    return child
 
 
 _BATCH = _Batch()
