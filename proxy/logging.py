@@ -56,19 +56,22 @@ class _Clock:
         self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         self.prefix_bytes = self.prefix.encode()
 
-    def stamp(self) -> str:
+    def _micro(self) -> int:
+        """The microseconds of the current second, with the prefix made for it."""
         second, micro = divmod(time.time_ns() // 1000, 1_000_000)
         if second != self.second:
             self._second(second)
+        return micro
+
+    def stamp(self) -> str:
+        micro = self._micro()
         if micro == 0:  # datetime.isoformat() leaves out a zero fraction
             return self.prefix + "Z"
         return f"{self.prefix}.{micro:06d}Z"
 
     def stamp_bytes(self) -> bytes:
         """``stamp().encode()``, formatted as bytes directly."""
-        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
-        if second != self.second:
-            self._second(second)
+        micro = self._micro()
         if micro == 0:
             return self.prefix_bytes + b"Z"
         return b"%s.%06dZ" % (self.prefix_bytes, micro)
@@ -414,29 +417,10 @@ class PreparedLine:
             )
 
     def info(self, logger: Any, request_id: str, **tail: Any) -> Any:
-        names = tuple(tail)
-        if names == self.tail:
+        if tuple(tail) == self.tail:
             return self.emit(logger, request_id, *tail.values())
-        if orjson is None or not self._fast(logger):
-            return self._general(logger, request_id, tail)
-        if logger.min_level > 20:
-            return None
-        try:
-            extra = self._bound(names)
-            if extra is None:
-                return self._general(logger, request_id, tail)
-            parts = [b'{"request_id":', _dump(request_id), self.middle or b""]
-            for name, value in tail.items():
-                parts.append(_json_key(name))
-                parts.append(_dump(value))
-            parts.append(self.suffix)
-            parts.append(extra)
-            parts.append(b',"level":"info","timestamp":"')
-            parts.append(_CLOCK.stamp_bytes())
-            parts.append(b'"}\n')
-        except (TypeError, orjson.JSONEncodeError):
-            return self._general(logger, request_id, tail)
-        return _write_line(logger._logger, b"".join(parts))
+        # Other names than the declared tail: the template does not fit them.
+        return self._general(logger, request_id, tail)
 
     def emit(self, logger: Any, request_id: str, *values: Any) -> Any:
         """``info()`` with the values of the ``tail`` names given at construction, in
@@ -502,12 +486,6 @@ _dump: Callable[[Any], bytes] = (
     if orjson is not None
     else json.dumps  # never called without orjson
 )
-
-
-def _write_line(writer: Any, line: bytes) -> Any:
-    if isinstance(writer, LineWriter):
-        return writer.line(line)
-    return writer.msg(line[:-1])
 
 
 def _escaped(literal: bytes) -> bytes:
