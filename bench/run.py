@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.auth_step_bench import per_call_us  # noqa: E402
+from bench.proc import cpu_seconds, family_rss_kb  # noqa: E402
 from policy.model import RequestFacts  # noqa: E402
 from proxy.identity import to_identity  # noqa: E402
 from proxy.session import Session, parse_cookie_header  # noqa: E402
@@ -76,26 +77,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None, timeout: float = 
         except OSError:
             time.sleep(0.01)
     raise RuntimeError(f"nothing listening on {port} after {timeout}s")
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def family_rss_kb(pid: int) -> int:
-    return rss_kb(pid) + sum(family_rss_kb(c) for c in children(pid))
 
 
 class RssSampler:
@@ -312,13 +293,6 @@ def _us(text: str) -> float:
     if not m:
         raise ValueError(text)
     return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children (live ones)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(c) for c in children(pid))
 
 
 def wrk(url: str, seconds: float, cookie: str | None = None, conns: int = 64,
@@ -561,8 +535,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ws_seen[label].append(json.loads(out.stdout))
                     print(f"  ws {label:10} {ws_seen[label][-1]}", flush=True)
             for label, rows in ws_seen.items():
-                ordered = sorted(rows, key=lambda row: row["round_trips_per_s"])
-                ws[label] = dict(ordered[(len(ordered) - 1) // 2])
+                ws[label] = median_run(rows, key="round_trips_per_s")
                 ws[label]["rounds"] = [round(row["round_trips_per_s"]) for row in rows]
 
         if not args.skip_stream:
@@ -632,12 +605,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def median_run(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median requests/s (the lower middle one for an even count),
-    with every run's requests/s alongside."""
-    ordered = sorted(rows, key=lambda row: row["rps"])
+def median_run(rows: list[dict[str, Any]], key: str = "rps") -> dict[str, Any]:
+    """The run with the median ``key`` (the lower middle one for an even count); for
+    requests/s, with every run's figure alongside."""
+    ordered = sorted(rows, key=lambda row: row[key])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
-    if len(rows) > 1:
+    if key == "rps" and len(rows) > 1:
         chosen["rps_runs"] = [row["rps"] for row in rows]
     return chosen
 

@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.proc import cpu_seconds
+
 
 def _client_ssl() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
@@ -118,17 +122,6 @@ def _handshake(url: str, cookie: str | None) -> tuple[str, int, ssl.SSLContext |
     return parts.hostname or "127.0.0.1", port, _client_ssl() if tls else None, request
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        kids = []
-    return own + sum(_tree_cpu_s(int(k)) for k in kids)
-
-
 async def echo(
     url: str, cookie: str | None, conns: int, seconds: float, size: int,
     watch: dict[str, int] | None = None,
@@ -155,7 +148,7 @@ async def echo(
     for c in clients:
         c.done = loop.create_future()
     watch = watch or {}
-    cpu_before = {name: _tree_cpu_s(pid) for name, pid in watch.items()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in watch.items()}
     own_before = time.process_time()
     start = time.perf_counter()
     for c in clients:
@@ -164,7 +157,7 @@ async def echo(
     await asyncio.gather(*(c.done for c in clients))
     elapsed = time.perf_counter() - start
     own_cpu = time.process_time() - own_before
-    cpu = {name: _tree_cpu_s(pid) - cpu_before[name] for name, pid in watch.items()}
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watch.items()}
     for c in clients:
         assert c.transport is not None
         c.transport.close()
