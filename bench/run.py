@@ -135,6 +135,12 @@ class Bench:
 
 # --- nginx -----------------------------------------------------------------------------
 
+# sendfile with tcp_nopush, as Debian's own nginx.conf has it: a response's head and a
+# small body leave in one segment, as they do from the gateway (Node's http writes them
+# with one writev). With sendfile alone nginx sends the head and then the body, two
+# segments per 1 KB response, and every proxy in front pays for the second: one more
+# delivery and, the second being a push, an immediate ACK when it reads them
+# (`--split-upstream` measures that).
 _NGINX_COMMON = """
 user root;
 worker_processes {workers};
@@ -151,19 +157,21 @@ http {{
   access_log off;
   keepalive_requests 1000000;
   sendfile on;
+  tcp_nopush {nopush};
   {body}
 }}
 """
 
 
-def nginx_upstream_conf(tmp: Path, port: int) -> str:
+def nginx_upstream_conf(tmp: Path, port: int, split: bool = False) -> str:
     body = f"""
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     root {tmp}/www;
     location / {{ default_type text/plain; }}
   }}"""
-    return _NGINX_COMMON.format(tmp=tmp, name="nginx-upstream", body=body, workers=1)
+    return _NGINX_COMMON.format(tmp=tmp, name="nginx-upstream", body=body, workers=1,
+                                nopush="off" if split else "on")
 
 
 def nginx_proxy_conf(tmp: Path, port: int, upstream: int, ws_upstream: int,
@@ -190,7 +198,7 @@ def nginx_proxy_conf(tmp: Path, port: int, upstream: int, ws_upstream: int,
     }}
   }}"""
     name = "nginx-proxy" if workers == 1 else f"nginx-proxy-w{workers}"
-    return _NGINX_COMMON.format(tmp=tmp, name=name, body=body, workers=workers)
+    return _NGINX_COMMON.format(tmp=tmp, name=name, body=body, workers=workers, nopush="on")
 
 
 # --- clawgate ----------------------------------------------------------------------------
@@ -384,7 +392,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {"seconds": args.seconds, "runs": args.runs, "connections": 64,
                      "ws_connections": 50,
                      "ws_message_bytes": 100, "fast_path": args.fast,
-                     "metrics": args.metrics},
+                     "metrics": args.metrics, "split_upstream": args.split_upstream},
         "http": {}, "ws": {},
     }
     with environment(args) as bench:
@@ -400,7 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         up_port, ws_port, ng_port, self_port, cg_port, pipe_port = (
             free_port() for _ in range(6))
 
-        (tmp / "up.conf").write_text(nginx_upstream_conf(tmp, up_port))
+        (tmp / "up.conf").write_text(nginx_upstream_conf(tmp, up_port, args.split_upstream))
         (tmp / "proxy.conf").write_text(nginx_proxy_conf(tmp, ng_port, up_port, ws_port))
         pids = {
             "nginx-upstream": bench.spawn(
@@ -810,6 +818,9 @@ def main() -> None:
                         help="py-spy clawgate (1 worker) during its HTTP run; stacks go here")
     parser.add_argument("--serve", type=float, default=0, metavar="SECONDS",
                         help="start everything, print the ports, wait, stop (no measurements)")
+    parser.add_argument("--split-upstream", action="store_true",
+                        help="the upstream sends a small response's head and body as two "
+                             "segments (nginx's sendfile without tcp_nopush)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()

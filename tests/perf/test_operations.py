@@ -272,3 +272,37 @@ def test_bench_config_is_a_valid_clawgate_config(tmp_path: Path) -> None:
     cookie = mint_cookie(path, 8443)
     assert cookie.startswith("__Host-_clawgate")
     assert auth_step_us(path, cookie, 8443)["auth_step_us"] > 0
+
+
+def test_bench_nginx_configs_are_valid(tmp_path: Path) -> None:
+    """The benchmark's nginx upstream (both segment modes) and reference proxy configs
+    are accepted by the nginx it runs."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    nginx = shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (scripts/setup --full installs it)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from bench.run import generate_self_signed, nginx_proxy_conf, nginx_upstream_conf
+
+    cert = generate_self_signed(["127.0.0.1"])
+    (tmp_path / "cert.pem").write_bytes(cert.cert_pem)
+    (tmp_path / "key.pem").write_bytes(cert.key_pem)
+    confs = {
+        "up.conf": nginx_upstream_conf(tmp_path, 18080),
+        "split.conf": nginx_upstream_conf(tmp_path, 18080, split=True),
+        "proxy.conf": nginx_proxy_conf(tmp_path, 18443, 18080, 18081),
+        "proxy2.conf": nginx_proxy_conf(tmp_path, 18443, 18080, 18081, workers=2),
+    }
+    for name, text in confs.items():
+        nopush = "off" if name == "split.conf" else "on"
+        assert f"tcp_nopush {nopush};" in text
+        (tmp_path / name).write_text(text)
+        done = subprocess.run(
+            [nginx, "-t", "-q", "-c", str(tmp_path / name)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, (name, done.stderr)
