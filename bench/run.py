@@ -7,8 +7,9 @@ Run from the repository root::
     .venv/bin/python bench/run.py --json out.json # also write the results as JSON
 
 It starts, all on 127.0.0.1:
-- a fast upstream: nginx (Debian package) serving a 1 KB body and a sparse 1 GB file,
-  plus a bare WebSocket echo / upload sink (bench/servers.py);
+- a fast upstream: nginx (Debian package) serving a 1 KB body (head and body in one
+  segment, as the gateway's Node sends them) and a sparse 1 GB file, plus a bare
+  WebSocket echo / upload sink (bench/servers.py);
 - nginx as a TLS reverse proxy, 1 worker, upstream keep-alive pool (the reference);
 - an aiohttp server over TLS answering by itself (the bar clawgate is held to);
 - clawgate itself (``python -m proxy.cli serve``) with a realistic policy, and a real
