@@ -4,7 +4,8 @@ Public surface:
 
 - :class:`TokenBucket`: ``rate`` tokens per second, at most ``burst`` stored.
 - :class:`KeyedLimiter`: one bucket per key with bounded memory; ``hit(key, now)``
-  returns ``0.0`` when the request may pass, else the seconds until it would.
+  returns ``0.0`` when the request may pass, else the seconds until it would;
+  ``spend(key, n, now)`` charges requests another worker admitted.
 - :func:`address_key`: the key for a client address (IPv6 grouped by /64, because one
   host usually owns the whole /64 and could otherwise rotate through it).
 
@@ -17,7 +18,12 @@ import ipaddress
 import math
 from collections import OrderedDict
 
-__all__ = ["KeyedLimiter", "TokenBucket", "address_key"]
+__all__ = ["MAX_DEBT_BURSTS", "KeyedLimiter", "TokenBucket", "address_key"]
+
+# How far a bucket can be charged below empty by siblings' reports: as many bursts as
+# there can be workers (settings.MAX_WORKERS; each may admit a burst before it hears of
+# the others).
+MAX_DEBT_BURSTS = 64
 
 
 class TokenBucket:
@@ -47,6 +53,13 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate
 
+    def spend(self, n: int, now: float) -> None:
+        """Charge ``n`` requests admitted elsewhere (by a sibling worker). The bucket may
+        go below zero and then refuses until the debt is refilled, so that over time the
+        workers together admit ``rate``; never below ``-MAX_DEBT_BURSTS * burst``."""
+        self._refill(now)
+        self.tokens = max(self.tokens - n, -MAX_DEBT_BURSTS * self.burst)
+
     def full(self, now: float) -> bool:
         self._refill(now)
         return self.tokens >= self.burst
@@ -74,6 +87,13 @@ class KeyedLimiter:
         return len(self._buckets)
 
     def hit(self, key: str, now: float) -> float:
+        return self._bucket(key, now).take(now)
+
+    def spend(self, key: str, n: int, now: float) -> None:
+        """Charge ``key`` with ``n`` requests admitted elsewhere (see TokenBucket.spend)."""
+        self._bucket(key, now).spend(n, now)
+
+    def _bucket(self, key: str, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._max_keys:
@@ -83,7 +103,7 @@ class KeyedLimiter:
             bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
         else:
             self._buckets.move_to_end(key)
-        return bucket.take(now)
+        return bucket
 
     def prune(self, now: float) -> int:
         """Drop buckets that have refilled completely; returns how many."""

@@ -452,6 +452,8 @@ async def serve(
         host, port = parse_listen_address(settings.address)
         guard = Guard(lambda: connection_limits(runtime))
         app = main.app
+        if peers is not None:
+            peers.share_limits(app[THROTTLE])
 
         def front(fallback: Callable[[], GuardedHandler]) -> Front | None:
             if not settings.fast_path:
@@ -529,7 +531,8 @@ async def serve(
 
 
 def _join_peers(runtime: Runtime) -> Peers | None:
-    """Supervised workers tell each other about sign-outs (proxy/peers.py)."""
+    """Supervised workers tell each other about sign-outs and rate-limit admissions
+    (proxy/peers.py)."""
     index = worker_index()
     directory = os.environ.get(PEERS_ENV)
     if index is None or not directory:

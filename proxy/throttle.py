@@ -3,7 +3,10 @@
 Public surface:
 
 - :class:`Throttle`: the limiters for the ``rate_limits`` setting in force (rebuilt when
-  a reload changes it), with ``check_ip`` and ``check_user``.
+  a reload changes it), with ``check_ip`` and ``check_user``. With ``workers: N`` the
+  limits hold for all workers together: each worker reports what it admitted to its
+  siblings (proxy/peers.py, ``share``/``take_admitted``) and is charged with what they
+  admitted (``charge``).
 - :data:`THROTTLE`: where the server app keeps its :class:`Throttle`.
 - :func:`ip_refusal`: per client IP, separately for the sign-in endpoints
   (``sign_in_per_ip``) and everything else (``proxy_per_ip``).
@@ -18,6 +21,8 @@ one a forged X-Forwarded-For changes nothing.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 
 import structlog
 from aiohttp import web
@@ -39,6 +44,8 @@ __all__ = [
 ]
 
 SIGN_IN_PATHS = frozenset({"/.clawgate/sign_in", "/.clawgate/callback"})
+# The limits by their setting's name, as reports between workers name them.
+SCOPES = ("sign_in_per_ip", "proxy_per_ip", "proxy_per_user")
 _EXEMPT = frozenset({"/ping"})
 
 
@@ -53,6 +60,48 @@ class Throttle:
         self.proxy_ip: KeyedLimiter | None = None
         self.proxy_user: KeyedLimiter | None = None
         self._pruned = time.monotonic()
+        # With siblings: what this worker admitted since its last report, by scope and
+        # key, and whom to tell when the first of a report comes in. None: no siblings.
+        self._admitted: dict[str, Counter[str]] | None = None
+        self._report: Callable[[], None] | None = None
+
+    def share(self, report: Callable[[], None]) -> None:
+        """Count admissions for sibling workers from now on; ``report()`` is called when
+        the first admission after a ``take_admitted()`` is counted."""
+        self._admitted = {}
+        self._report = report
+
+    def take_admitted(self) -> dict[str, Counter[str]]:
+        """What was admitted since the last call, by scope and key."""
+        admitted = self._admitted or {}
+        if self._admitted is not None:
+            self._admitted = {}
+        return admitted
+
+    def charge(self, scope: str, counts: Mapping[str, int], now: float) -> None:
+        """Charge the ``scope`` limit with what a sibling worker admitted."""
+        limiter = self._by_scope(scope)
+        if limiter is None:
+            return
+        for key, n in counts.items():
+            limiter.spend(key, n, now)
+
+    def _by_scope(self, scope: str) -> KeyedLimiter | None:
+        if scope == "sign_in_per_ip":
+            return self.sign_in_ip
+        if scope == "proxy_per_ip":
+            return self.proxy_ip
+        return self.proxy_user if scope == "proxy_per_user" else None
+
+    def _count(self, scope: str, key: str) -> None:
+        admitted = self._admitted
+        assert admitted is not None and self._report is not None
+        if not admitted:
+            self._report()
+        counter = admitted.get(scope)
+        if counter is None:
+            counter = admitted[scope] = Counter()
+        counter[key] += 1
 
     def configure(self, config: RateLimits) -> None:
         if config is self._config or config == self._config:
@@ -73,10 +122,21 @@ class Throttle:
     def check_ip(self, sign_in: bool, ip: str, now: float) -> float:
         self._prune(now)
         limiter = self.sign_in_ip if sign_in else self.proxy_ip
-        return 0.0 if limiter is None else limiter.hit(address_key(ip), now)
+        if limiter is None:
+            return 0.0
+        key = address_key(ip)
+        wait = limiter.hit(key, now)
+        if not wait and self._admitted is not None:
+            self._count("sign_in_per_ip" if sign_in else "proxy_per_ip", key)
+        return wait
 
     def check_user(self, user: str, now: float) -> float:
-        return 0.0 if self.proxy_user is None else self.proxy_user.hit(user, now)
+        if self.proxy_user is None:
+            return 0.0
+        wait = self.proxy_user.hit(user, now)
+        if not wait and self._admitted is not None:
+            self._count("proxy_per_user", user)
+        return wait
 
 
 THROTTLE = web.AppKey("throttle", Throttle)
