@@ -21,7 +21,6 @@ one a forged X-Forwarded-For changes nothing.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 
 import structlog
@@ -49,6 +48,10 @@ SCOPES = ("sign_in_per_ip", "proxy_per_ip", "proxy_per_user")
 _EXEMPT = frozenset({"/ping"})
 
 
+def _no_report() -> None:
+    pass
+
+
 def _limiter(limit: RateLimit | None) -> KeyedLimiter | None:
     return None if limit is None else KeyedLimiter(limit.rate, limit.burst)
 
@@ -62,8 +65,8 @@ class Throttle:
         self._pruned = time.monotonic()
         # With siblings: what this worker admitted since its last report, by scope and
         # key, and whom to tell when the first of a report comes in. None: no siblings.
-        self._admitted: dict[str, Counter[str]] | None = None
-        self._report: Callable[[], None] | None = None
+        self._admitted: dict[tuple[str, str], int] | None = None
+        self._report: Callable[[], None] = _no_report
 
     def share(self, report: Callable[[], None]) -> None:
         """Count admissions for sibling workers from now on; ``report()`` is called when
@@ -71,12 +74,14 @@ class Throttle:
         self._admitted = {}
         self._report = report
 
-    def take_admitted(self) -> dict[str, Counter[str]]:
+    def take_admitted(self) -> dict[str, dict[str, int]]:
         """What was admitted since the last call, by scope and key."""
-        admitted = self._admitted or {}
-        if self._admitted is not None:
+        by_scope: dict[str, dict[str, int]] = {}
+        if self._admitted:
+            for (scope, key), n in self._admitted.items():
+                by_scope.setdefault(scope, {})[key] = n
             self._admitted = {}
-        return admitted
+        return by_scope
 
     def charge(self, scope: str, counts: Mapping[str, int], now: float) -> None:
         """Charge the ``scope`` limit with what a sibling worker admitted."""
@@ -93,15 +98,11 @@ class Throttle:
             return self.proxy_ip
         return self.proxy_user if scope == "proxy_per_user" else None
 
-    def _count(self, scope: str, key: str) -> None:
-        admitted = self._admitted
-        assert admitted is not None and self._report is not None
+    def _count(self, admitted: dict[tuple[str, str], int], scope: str, key: str) -> None:
         if not admitted:
             self._report()
-        counter = admitted.get(scope)
-        if counter is None:
-            counter = admitted[scope] = Counter()
-        counter[key] += 1
+        entry = (scope, key)
+        admitted[entry] = admitted.get(entry, 0) + 1
 
     def configure(self, config: RateLimits) -> None:
         if config is self._config or config == self._config:
@@ -126,16 +127,18 @@ class Throttle:
             return 0.0
         key = address_key(ip)
         wait = limiter.hit(key, now)
-        if not wait and self._admitted is not None:
-            self._count("sign_in_per_ip" if sign_in else "proxy_per_ip", key)
+        admitted = self._admitted
+        if not wait and admitted is not None:
+            self._count(admitted, "sign_in_per_ip" if sign_in else "proxy_per_ip", key)
         return wait
 
     def check_user(self, user: str, now: float) -> float:
         if self.proxy_user is None:
             return 0.0
         wait = self.proxy_user.hit(user, now)
-        if not wait and self._admitted is not None:
-            self._count("proxy_per_user", user)
+        admitted = self._admitted
+        if not wait and admitted is not None:
+            self._count(admitted, "proxy_per_user", user)
         return wait
 
 
