@@ -37,6 +37,7 @@ REPORT_DELAY = 0.02
 # Reports kept per sibling while its queue is full; older ones are dropped beyond
 # (its buckets are then lenient by what they held).
 _MAX_QUEUED_REPORTS = 64
+_SAY_DROPPED_EVERY = 10.0
 # A report datagram's size at most (its keys are split over as many as it takes), and
 # the longest key reported: a key is an address, a /64 or a subject, far shorter.
 _REPORT_BYTES = 48 * 1024
@@ -65,6 +66,8 @@ class Peers:
         # marked whether it is a report: reports may be dropped, sign-outs never.
         self._outbox: dict[str, deque[tuple[bool, bytes]]] = {}
         self._retry_due: asyncio.TimerHandle | None = None
+        self._dropped = 0  # reports dropped since last said, and when that was
+        self._dropped_said = -_SAY_DROPPED_EVERY
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -97,8 +100,8 @@ class Peers:
         for peer in siblings:
             outbox = self._outbox.setdefault(peer, deque())
             outbox.extend((reports, message) for message in messages)
-            if reports:
-                _trim_reports(outbox)
+            if reports and (dropped := _trim_reports(outbox)):
+                self._dropped += dropped
             while outbox:
                 try:
                     self._sock.sendto(outbox[0][1], peer)
@@ -111,6 +114,10 @@ class Peers:
                 outbox.popleft()
         if waiting and self._retry_due is None:
             self._retry_due = asyncio.get_running_loop().call_later(REPORT_DELAY, self._retry)
+        if self._dropped and time.monotonic() - self._dropped_said >= _SAY_DROPPED_EVERY:
+            # A sibling that cannot keep up lets clients through more than the limits say.
+            log.warning("peer_reports_dropped", reports=self._dropped)
+            self._dropped, self._dropped_said = 0, time.monotonic()
 
     def _retry(self) -> None:
         self._retry_due = None
@@ -194,11 +201,12 @@ def _report_messages(scope: str, counts: Mapping[str, int]) -> list[bytes]:
     return messages
 
 
-def _trim_reports(outbox: deque[tuple[bool, bytes]]) -> None:
-    """Drop the oldest reports beyond _MAX_QUEUED_REPORTS, keeping every sign-out."""
-    excess = sum(report for report, _ in outbox) - _MAX_QUEUED_REPORTS
+def _trim_reports(outbox: deque[tuple[bool, bytes]]) -> int:
+    """Drop the oldest reports beyond _MAX_QUEUED_REPORTS, keeping every sign-out;
+    returns how many were dropped."""
+    excess = dropped = sum(report for report, _ in outbox) - _MAX_QUEUED_REPORTS
     if excess <= 0:
-        return
+        return 0
     kept: list[tuple[bool, bytes]] = []
     for entry in outbox:
         if entry[0] and excess > 0:
@@ -207,3 +215,4 @@ def _trim_reports(outbox: deque[tuple[bool, bytes]]) -> None:
         kept.append(entry)
     outbox.clear()
     outbox.extend(kept)
+    return dropped

@@ -9,6 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from proxy.peers import _REPORT_BYTES, REPORT_DELAY, Peers, _report_messages
 from proxy.settings import RateLimit, RateLimits
 from proxy.throttle import Throttle
@@ -108,11 +110,14 @@ async def test_a_sibling_with_a_full_queue_still_gets_every_sign_out(tmp_path: P
     try:
         throttle_a.configure(LIMITS)
         now = asyncio.get_running_loop().time()
-        for round_ in range(100):
-            throttle_a.check_user(f"u{round_}", now)
-            await asyncio.sleep(REPORT_DELAY * 1.5)
-            if round_ == 50:
-                a.broadcast("sid-1", 123)
+        with capture_logs() as logs:
+            for round_ in range(100):
+                throttle_a.check_user(f"u{round_}", now)
+                await asyncio.sleep(REPORT_DELAY * 1.5)
+                if round_ == 50:
+                    a.broadcast("sid-1", 123)
+        said = [x for x in logs if x["event"] == "peer_reports_dropped"]
+        assert len(said) == 1 and said[0]["reports"] > 0  # said, and not once per report
         received, idle = [], 0
         while idle < 5:  # read until the outbox has nothing more to send
             try:
