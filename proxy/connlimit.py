@@ -33,6 +33,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
@@ -158,8 +159,19 @@ class Guard:
         self.refusals = _RefusalLog()
 
 
+# Takes a keep-alive connection back from the handler: (transport, its per-IP slot, the
+# first bytes of its next request).
+GiveBack = Callable[[asyncio.Transport, "str | None", bytes], None]
+
+
 class GuardedHandler(RequestHandler):
-    """aiohttp's connection protocol with the limits of :class:`Limits` enforced."""
+    """aiohttp's connection protocol with the limits of :class:`Limits` enforced.
+
+    A connection the front handed over (``adopt``) goes back to it when its next
+    request starts, if aiohttp's parser holds nothing of it yet: every request so far
+    was a whole head without a body, answered, on a connection kept alive. Otherwise
+    it stays here for its life.
+    """
 
     def __init__(self, manager: Server, *, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -171,6 +183,9 @@ class GuardedHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_started = 0.0
         self._read_timers: list[asyncio.TimerHandle] = []
+        self._give_back: GiveBack | None = None
+        # Everything given to aiohttp's parser so far ended a bodyless request head.
+        self._parser_empty = False
 
     # -- connection life -------------------------------------------------------------
 
@@ -190,10 +205,18 @@ class GuardedHandler(RequestHandler):
         super().connection_made(transport)
         self._arm_head(self._loop.time())
 
-    def adopt(self, transport: asyncio.Transport, data: bytes, key: str | None) -> None:
+    def adopt(
+        self,
+        transport: asyncio.Transport,
+        data: bytes,
+        key: str | None,
+        give_back: GiveBack | None = None,
+    ) -> None:
         """Take over a connection the front (proxy/front.py) accepted, with the bytes of
-        the request it left unread; ``key`` is its slot in the per-IP count."""
+        the request it left unread; ``key`` is its slot in the per-IP count, and
+        ``give_back`` returns the connection to the front between requests."""
         self._key = key
+        self._give_back = give_back
         super().connection_made(transport)
         self._arm_head(self._loop.time())
         if data:
@@ -209,11 +232,24 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if data and self._give_back is not None and self._idle_between_requests():
+            self._hand_back(data)
+            return
         if self._busy == 0 and self._head_timer is None and data:
             self._arm_head(self._loop.time())  # first bytes of the next keep-alive request
         before = self._request_count
         super().data_received(data)
         parsed = self._request_count - before
+        if data:
+            # A head that ends the bytes, with no body to come, leaves the parser empty;
+            # anything else (a body, part of the next head) may be held in it.
+            last = self._messages[-1] if parsed and self._messages else None
+            self._parser_empty = (
+                last is not None
+                and last[1] is EMPTY_PAYLOAD
+                and not getattr(last[0], "upgrade", True)
+                and data.endswith(b"\r\n\r\n")
+            )
         if parsed:
             self._busy += parsed
             if self._head_timer is not None:
@@ -240,6 +276,43 @@ class GuardedHandler(RequestHandler):
                 for timer in self._read_timers:
                     timer.cancel()
                 self._read_timers.clear()
+
+    # -- back to the front ------------------------------------------------------------
+
+    def _idle_between_requests(self) -> bool:
+        """Answered everything, kept alive, waiting for the next request, and with
+        nothing of it in aiohttp's parser."""
+        try:
+            waiter = self._waiter
+            upgraded, payload_parser = self._upgraded, self._payload_parser
+        except AttributeError:  # another aiohttp than the one this was written against
+            return False
+        return (
+            self._parser_empty
+            and self._keepalive
+            and self._busy == 0
+            and not self._messages
+            and waiter is not None
+            and not waiter.done()
+            and self.transport is not None
+            and not self._force_close
+            and not self._close
+            and not upgraded
+            and payload_parser is None
+            and not self._read_timers
+        )
+
+    def _hand_back(self, data: bytes) -> None:
+        transport = self.transport
+        give_back = self._give_back
+        assert transport is not None and give_back is not None
+        key, self._key = self._key, None  # the front's now
+        self._cancel_timers()
+        # aiohttp lets go as for a lost connection (its bookkeeping, the waiting task),
+        # with no transport to close.
+        self.transport = None
+        RequestHandler.connection_lost(self, None)
+        give_back(transport, key, data)
 
     # -- timers ----------------------------------------------------------------------
 

@@ -11,13 +11,14 @@ pooled keep-alive upstream connection (proxy/upstream_link.py, llhttp through
 httptools) and the answer is relayed as it arrives: no task, future or request
 object per request, the response head written from the upstream's head bytes.
 
-The first request that is anything else (not signed in, denied, a sign-in step, a
-refresh due, a chunked upload, a malformed or oversized head, a shutdown under way)
-ends the fast life of the connection: the connection, with every byte of that
-request still unread, is handed to aiohttp's handler (``GuardedHandler`` in
+A request that is anything else (not signed in, denied, a sign-in step, a refresh
+due, a chunked upload, a malformed or oversized head, a shutdown under way) goes, with
+every byte of it still unread, to aiohttp's handler (``GuardedHandler`` in
 proxy/connlimit.py), which runs proxy/handler.py as it always did. So the front never
 decides anything but "forward"; every page, redirect and refusal comes from one code
-path. The only responses of its own are 502/504 pages when the upstream fails before
+path. The connection comes back (``Front.take_back``) when its next request starts
+while aiohttp holds nothing of it: every request the handler read was a whole head
+without a body, answered, and the connection kept alive. The only responses of its own are 502/504 pages when the upstream fails before
 answering, built by proxy/pages.py like the handler's.
 """
 
@@ -90,6 +91,13 @@ class Front:
 
     def protocol(self) -> FrontConnection:
         return FrontConnection(self)
+
+    def take_back(self, transport: asyncio.Transport, key: str | None, data: bytes) -> None:
+        """A keep-alive connection aiohttp's handler has answered comes back with the
+        first bytes of its next request (GuardedHandler's hand-back)."""
+        conn = FrontConnection(self)
+        transport.set_protocol(conn)
+        conn.adopt(transport, key, data)
 
     async def shutdown(self, grace: float) -> None:
         """Close idle connections now; let busy ones finish their response (then they
@@ -171,12 +179,15 @@ class FrontConnection(asyncio.Protocol):
 
     # -- connection life ------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def _attach(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is not an asyncio.Transport subclass, but behaves as one.
         self._transport = transport  # type: ignore[assignment]
-        front = self._front
         peer = transport.get_extra_info("peername")
         self._peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else "0.0.0.0"  # noqa: S104
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._attach(transport)
+        front = self._front
         limits = front.guard.limits()
         if limits.max_connections_per_ip is not None:
             key = address_key(self._peer_ip)
@@ -191,6 +202,16 @@ class FrontConnection(asyncio.Protocol):
             self._key = key
         front.connections.add(self)
         self._set_deadline(_HEAD, limits.header_timeout)
+
+    def adopt(self, transport: asyncio.BaseTransport, key: str | None, data: bytes) -> None:
+        """Serve a connection again from its next request on; ``key`` is its slot in
+        the per-IP count, taken when it was accepted."""
+        self._attach(transport)
+        self._key = key
+        self._draining = self._front.drained is not None  # shutting down: this one, then close
+        self._front.connections.add(self)
+        self._set_deadline(_HEAD, self._front.guard.limits().header_timeout)
+        self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is None:
@@ -356,7 +377,9 @@ class FrontConnection(asyncio.Protocol):
         key, self._key = self._key, None
         self._transport = None
         transport.set_protocol(handler)
-        handler.adopt(transport, data, key)
+        # Back to the front between requests, unless it is shutting down.
+        give_back = front.take_back if front.drained is None else None
+        handler.adopt(transport, data, key, give_back)
 
     # -- upstream -------------------------------------------------------------------------
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import uvloop
 
 from tests.perf.test_operations import scrape
-from tests.proxy.test_front import gate_with_metrics, get, insecure, mint_cookie, read_responses
+from tests.proxy.test_front import (
+    gate_with_metrics,
+    get,
+    handed_back,
+    insecure,
+    mint_cookie,
+    read_responses,
+)
 from tests.support.upstream import Upstream
 
 
@@ -39,3 +46,17 @@ def test_the_fronts_timings_are_finer_than_the_loop_clock(tmp_path: Path) -> Non
         total = sum(float(v) for v in re.findall(rf"^{name}_sum\{{[^}}]*\}} (\S+)$", text, re.M))
         assert total > 0, name
         assert abs(total * 1000 - round(total * 1000)) > 1e-9, (name, total)
+
+
+def test_a_connection_goes_back_to_the_front_on_uvloop(tmp_path: Path) -> None:
+    """uvloop's TLS transport is what production hands back and forth."""
+
+    async def scenario() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        upstream = await Upstream().start()
+        try:
+            await handed_back(upstream, tmp_path)
+        finally:
+            await upstream.stop()
+
+    uvloop.run(scenario())
