@@ -18,8 +18,9 @@ proxy/connlimit.py), which runs proxy/handler.py as it always did. So the front 
 decides anything but "forward"; every page, redirect and refusal comes from one code
 path. The connection comes back (``Front.take_back``) when its next request starts
 while aiohttp holds nothing of it: every request the handler read was a whole head
-without a body, answered, and the connection kept alive. The only responses of its own are 502/504 pages when the upstream fails before
-answering, built by proxy/pages.py like the handler's.
+without a body, answered, and the connection kept alive. The only responses of its
+own are 502/504 pages when the upstream fails before answering, built by
+proxy/pages.py like the handler's.
 """
 
 from __future__ import annotations
