@@ -96,6 +96,7 @@ class Front:
     def take_back(self, transport: asyncio.Transport, key: str | None, data: bytes) -> None:
         """A keep-alive connection aiohttp's handler has answered comes back with the
         first bytes of its next request (GuardedHandler's hand-back)."""
+        metrics.connection_returned()
         conn = FrontConnection(self)
         transport.set_protocol(conn)
         conn.adopt(transport, key, data)

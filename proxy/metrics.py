@@ -97,6 +97,10 @@ FAST_PATH = Counter(
 )
 _FAST_SERVED = FAST_PATH.labels("served")
 _FAST_HANDED = FAST_PATH.labels("handed_off")
+RETURNED = Counter(
+    "clawgate_fast_path_connections_returned_total",
+    "Connections the full handler gave back to the front between requests",
+)
 WEBSOCKETS = Gauge(
     "clawgate_websockets_active", "Proxied WebSockets open now", multiprocess_mode="livesum"
 )
@@ -356,6 +360,10 @@ def upstream_error(route: str, reason: str) -> None:
 
 def fast_path(served: bool) -> None:
     _BATCH.count(_FAST_SERVED if served else _FAST_HANDED)
+
+
+def connection_returned() -> None:
+    _BATCH.count(RETURNED)
 
 
 def front_admitted(reason: str) -> None:

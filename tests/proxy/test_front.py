@@ -51,9 +51,11 @@ def insecure() -> ssl.SSLContext:
 
 
 async def fast_path_counts(metrics_port: int) -> dict[str, float]:
+    """Requests served and handed off by the front, and connections given back to it."""
     text = await scrape(metrics_port)
     found = re.findall(r'clawgate_fast_path_requests_total\{outcome="(\w+)"\} ([0-9.e+]+)', text)
-    return {k: float(v) for k, v in found}
+    returned = re.search(r"^clawgate_fast_path_connections_returned_total ([0-9.e+]+)$", text, re.M)
+    return {k: float(v) for k, v in found} | {"returned": float(returned[1]) if returned else 0}
 
 
 Response = tuple[int, dict[str, str], bytes]
@@ -200,6 +202,7 @@ async def handed_back(upstream: Upstream, tmp_path: Path) -> None:
         # The denied request went to the handler; the next ones came back to the front.
         assert after["handed_off"] - before.get("handed_off", 0) == 1
         assert after["served"] - before.get("served", 0) == 3
+        assert after["returned"] - before["returned"] == 1
         assert [r["path"] for r in upstream.seen.requests] == ["/one", "/three", "/4"]
 
 
@@ -235,6 +238,7 @@ async def test_what_aiohttp_holds_of_the_next_request_keeps_the_connection_there
         after = await fast_path_counts(metrics_port)
         assert mid.get("served", 0) - before.get("served", 0) == 0
         assert after["served"] - mid.get("served", 0) == 1  # /six: back in the front
+        assert after["returned"] - before["returned"] == 2  # for the POST, and for /six
         # /two, and the POST: /three left the parser empty, so the POST went back to the
         # front, which handed it over again (denied).
         assert after["handed_off"] - before.get("handed_off", 0) == 2
