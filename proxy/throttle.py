@@ -44,7 +44,7 @@ __all__ = [
 
 SIGN_IN_PATHS = frozenset({"/.clawgate/sign_in", "/.clawgate/callback"})
 # The limits by their setting's name, as reports between workers name them.
-SCOPES = ("sign_in_per_ip", "proxy_per_ip", "proxy_per_user")
+SCOPES = tuple(RateLimits.model_fields)
 _EXEMPT = frozenset({"/ping"})
 
 
@@ -62,6 +62,7 @@ class Throttle:
         self.sign_in_ip: KeyedLimiter | None = None
         self.proxy_ip: KeyedLimiter | None = None
         self.proxy_user: KeyedLimiter | None = None
+        self._by_scope: dict[str, KeyedLimiter | None] = {}
         self._pruned = time.monotonic()
         # With siblings: what this worker admitted since its last report, by scope and
         # key, and whom to tell when the first of a report comes in. None: no siblings.
@@ -85,18 +86,11 @@ class Throttle:
 
     def charge(self, scope: str, counts: Mapping[str, int], now: float) -> None:
         """Charge the ``scope`` limit with what a sibling worker admitted."""
-        limiter = self._by_scope(scope)
+        limiter = self._by_scope.get(scope)
         if limiter is None:
             return
         for key, n in counts.items():
             limiter.spend(key, n, now)
-
-    def _by_scope(self, scope: str) -> KeyedLimiter | None:
-        if scope == "sign_in_per_ip":
-            return self.sign_in_ip
-        if scope == "proxy_per_ip":
-            return self.proxy_ip
-        return self.proxy_user if scope == "proxy_per_user" else None
 
     def _count(self, admitted: dict[tuple[str, str], int], scope: str, key: str) -> None:
         if not admitted:
@@ -111,12 +105,17 @@ class Throttle:
         self.sign_in_ip = _limiter(config.sign_in_per_ip)
         self.proxy_ip = _limiter(config.proxy_per_ip)
         self.proxy_user = _limiter(config.proxy_per_user)
+        self._by_scope = {
+            "sign_in_per_ip": self.sign_in_ip,
+            "proxy_per_ip": self.proxy_ip,
+            "proxy_per_user": self.proxy_user,
+        }
 
     def _prune(self, now: float) -> None:
         if now - self._pruned < 60.0:
             return
         self._pruned = now
-        for limiter in (self.sign_in_ip, self.proxy_ip, self.proxy_user):
+        for limiter in self._by_scope.values():
             if limiter is not None:
                 limiter.prune(now)
 
