@@ -11,13 +11,23 @@ request), or, for ``email``/``domain``, when the address is missing or unverifie
 ``nor`` surround it (so ``allow: {not: [{email: bob@x}]}`` does not let anonymous users in).
 Inside a ``deny`` rule it is simply false, so negations of it do match: ``deny: {not:
 [{domain: example.com}]}`` denies anonymous requests. Both choices fail closed.
+
+How long a decision holds. ``date``, ``day_of_week`` and ``time_of_day`` criteria make a
+decision depend on ``facts.now``, yet the proxy caches decisions and reuses them for later
+requests. So :meth:`Policy.decide` also returns ``Decision.valid_until``: the first instant
+after ``now`` at which a time criterion that the evaluation consulted could change value
+(``None`` when it consulted none). Until then the same identity and request get the same
+decision, so a cache may reuse it up to, never past, that instant. Criteria that short-
+circuit evaluation skipped do not count: while the consulted ones keep their values, the
+evaluation takes the same path. The instant may be earlier than the real change (around a
+change of a zone's UTC offset), never later.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Final, Literal
 
 from policy.model import Decision, Identity, RequestFacts
@@ -64,7 +74,16 @@ def format_claim_value(key: ClaimKey) -> str:
 class Context:
     """Per-decision state; derived values are computed once, on first use."""
 
-    __slots__ = ("_domain", "_email", "_ip", "allow_unverified", "facts", "identity", "strict")
+    __slots__ = (
+        "_domain",
+        "_email",
+        "_ip",
+        "allow_unverified",
+        "facts",
+        "identity",
+        "strict",
+        "valid_until",
+    )
 
     _UNSET: Final = object()
 
@@ -79,6 +98,14 @@ class Context:
         self._email: object = Context._UNSET
         self._domain: object = Context._UNSET
         self._ip: object = Context._UNSET
+        # Lowered by every time criterion that is tested; see Decision.valid_until.
+        self.valid_until: datetime | None = None
+
+    def expires(self, at: datetime) -> None:
+        """Note that a criterion just tested may change value at ``at`` (UTC, after now)."""
+        until = self.valid_until
+        if until is None or at < until:
+            self.valid_until = at
 
     def email(self) -> str | None:
         """The lower-cased address when it may be used for matching, else ``None``."""
@@ -415,20 +442,51 @@ class SourceIP(Node):
         return "source_ip in " + _short_list(str(n) for n in self.networks)
 
 
+_MICROSECOND: Final = timedelta(microseconds=1)
+_SECOND: Final = timedelta(seconds=1)
+_MIDNIGHT: Final = time()
+
+
+def _utc_or_none(moment: datetime | None, shift: timedelta) -> datetime | None:
+    """``moment + shift`` in UTC; ``None`` when absent or outside what datetime can hold, as
+    the clock can then never reach it."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC) + shift
+    except OverflowError:
+        return None
+
+
 class DateRange(Node):
     """``after`` and ``before`` are both exclusive, as Pomerium documents them."""
 
-    __slots__ = ("after", "before")
+    __slots__ = ("_after_edge", "_before_edge", "after", "before")
 
     def __init__(self, after: datetime | None, before: datetime | None) -> None:
         self.after = after
         self.before = before
+        # The first instants with a new value. ``after`` itself is still outside the range
+        # (exclusive), so the value turns true one microsecond (datetime's resolution) later;
+        # at ``before`` it is already false.
+        self._after_edge = _utc_or_none(after, _MICROSECOND)
+        self._before_edge = _utc_or_none(before, timedelta(0))
 
     def test(self, ctx: Context, neg: bool) -> bool:
         now = ctx.facts.now
-        return (self.after is None or now > self.after) and (
-            self.before is None or now < self.before
-        )
+        after = self.after
+        if after is not None and now <= after:
+            if self._after_edge is not None:
+                ctx.expires(self._after_edge)
+            return False
+        before = self.before
+        if before is None:
+            return True
+        if now < before:
+            if self._before_edge is not None:
+                ctx.expires(self._before_edge)
+            return True
+        return False
 
     def describe(self) -> str:
         parts = []
@@ -439,19 +497,84 @@ class DateRange(Node):
         return "date " + " and ".join(parts)
 
 
+def _offset_change(zone: tzinfo, lo: datetime, hi: datetime, offset: timedelta) -> datetime:
+    """The first instant in ``(lo, hi]`` whose UTC offset in ``zone`` is not ``offset``, or
+    an instant shortly before it; ``lo`` has ``offset`` and ``hi`` does not (both UTC)."""
+    while hi - lo > _SECOND:
+        mid = lo + (hi - lo) // 2
+        if mid.astimezone(zone).utcoffset() == offset:
+            lo = mid
+        else:
+            hi = mid
+    # tzdata changes offsets on whole seconds, so the change is normally the one whole second
+    # in (lo, hi]; confirm it, else fall back to the earliest instant the change can be at.
+    second = lo.replace(microsecond=0) + _SECOND
+    if (
+        second <= hi
+        and second.astimezone(zone).utcoffset() != offset
+        and (second - _MICROSECOND).astimezone(zone).utcoffset() == offset
+    ):
+        return second
+    return lo + _MICROSECOND
+
+
+def wall_clock_edge(
+    zone: tzinfo, now: datetime, local: datetime, days: int, at: time
+) -> datetime | None:
+    """When the clock in ``zone`` next shows ``at`` on the date ``days`` after ``local``'s,
+    as a UTC instant after ``now``; ``local`` is ``now`` read in ``zone`` and must show an
+    earlier wall time. ``None`` when the moment is beyond what datetime can hold.
+
+    The answer is never later than the real moment. zoneinfo maps a wall time that a
+    spring-forward skips (02:30 when clocks jump from 02:00 to 03:00) to an instant *after*
+    the jump, yet the clock passed 02:30 at the jump itself; and a fall-back sets the clock
+    back over times already passed. Both happen only where the zone's UTC offset changes, so
+    when the offset at the answer is not the one at ``now``, the answer is the change itself.
+    That assumes at most one change between ``now`` and the answer: callers ask at most a day
+    ahead, and tzdata (checked 1970-2087) never has two changes of one zone within 6 days.
+    """
+    now = now.astimezone(UTC)
+    offset = local.utcoffset()
+    try:
+        wall = datetime.combine(local.date() + timedelta(days=days), at)
+        edge = wall.replace(tzinfo=zone).astimezone(UTC)
+        if isinstance(zone, timezone):  # a fixed offset: nothing below can happen
+            return edge
+        if edge <= now:
+            # Clocks were set back and ``now`` is in the repeated hour, whose first pass
+            # (fold=0) is over: the clock next shows ``wall`` on the second pass.
+            edge = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+            if edge <= now:  # not for a wall time after ``local``'s; then claim nothing
+                return now + _MICROSECOND
+        if offset is None or edge.astimezone(zone).utcoffset() == offset:
+            return edge
+        return _offset_change(zone, now, edge, offset)
+    except OverflowError:
+        return None
+
+
 DAY_NAMES: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class DayOfWeek(Node):
-    __slots__ = ("days", "text", "zone")
+    __slots__ = ("days", "text", "varies", "zone")
 
     def __init__(self, days: frozenset[int], zone: tzinfo, text: str) -> None:
         self.days = days
         self.zone = zone
         self.text = text
+        self.varies = not days.isdisjoint(range(7)) and not days.issuperset(range(7))
 
     def test(self, ctx: Context, neg: bool) -> bool:
-        return ctx.facts.now.astimezone(self.zone).weekday() in self.days
+        local = ctx.facts.now.astimezone(self.zone)
+        if self.varies:
+            # Only up to the next midnight, even when the next days give the same answer:
+            # looking further ahead would need an offset check per day (see wall_clock_edge),
+            # and renewing a cached decision once a day costs nothing.
+            edge = wall_clock_edge(self.zone, ctx.facts.now, local, 1, _MIDNIGHT)
+            if edge is not None:
+                ctx.expires(edge)
+        return local.weekday() in self.days
 
     def describe(self) -> str:
         return f"day_of_week {self.text}"
@@ -460,7 +583,7 @@ class DayOfWeek(Node):
 class TimeOfDay(Node):
     """Wall-clock time in ``zone``; ``after`` and ``before`` are exclusive."""
 
-    __slots__ = ("after", "before", "zone", "zone_name")
+    __slots__ = ("after", "before", "edges", "zone", "zone_name")
 
     def __init__(
         self, zone: tzinfo, zone_name: str, after: time | None, before: time | None
@@ -469,9 +592,33 @@ class TimeOfDay(Node):
         self.zone_name = zone_name
         self.after = after
         self.before = before
+        # Wall times at which the value can change. As with dates, ``after`` is exclusive,
+        # so the value turns true a microsecond later (never, after the day's last one).
+        edges = []
+        if after is not None and after != time.max:
+            edges.append((datetime.combine(date.min, after) + _MICROSECOND).time())
+        if before is not None:
+            edges.append(before)
+        if (after is None) != (before is None):
+            # With one bound the value at 23:59:59.999999 is not the one at 00:00.
+            edges.append(_MIDNIGHT)
+        self.edges = tuple(edges)
 
     def test(self, ctx: Context, neg: bool) -> bool:
-        local = ctx.facts.now.astimezone(self.zone).time().replace(tzinfo=None)
+        now = ctx.facts.now
+        local_now = now.astimezone(self.zone)
+        local = local_now.time().replace(tzinfo=None)
+        # The edge the clock reaches first: today's if still ahead, else tomorrow's. Between
+        # offset changes the clock only runs forward; wall_clock_edge covers the changes.
+        days, at = 2, _MIDNIGHT
+        for edge in self.edges:
+            ahead = 0 if edge > local else 1
+            if ahead < days or (ahead == days and edge < at):
+                days, at = ahead, edge
+        if days < 2:
+            until = wall_clock_edge(self.zone, now, local_now, days, at)
+            if until is not None:
+                ctx.expires(until)
         return (self.after is None or local > self.after) and (
             self.before is None or local < self.before
         )
@@ -619,20 +766,28 @@ class Policy:
         self.allow_unverified_email = allow_unverified_email
 
     def decide(self, facts: RequestFacts, identity: Identity | None) -> Decision:
-        """Decide one request. Pure; never raises for any identity or facts."""
+        """Decide one request. Pure; never raises for any identity or facts.
+
+        Time criteria note when they may change on ``ctx`` from inside ``test``, so the tests
+        that ``explain`` runs to pick a reason (``or`` tries every child) count too; their
+        own ``explain`` text is fixed and does not depend on the clock.
+        """
         ctx = Context(facts, identity, self.allow_unverified_email)
         for rule in self.deny_rules:
             op = rule.first_match(ctx)
             if op is not None:
-                return Decision(False, f"deny: {rule.label}{op.explain(ctx)}")
+                reason = f"deny: {rule.label}{op.explain(ctx)}"
+                return Decision(False, reason, ctx.valid_until)
         ctx.strict = True
         for rule in self.allow_rules:
             op = rule.first_match(ctx)
             if op is not None:
-                return Decision(True, f"allow: {rule.label}{op.explain(ctx)}")
+                reason = f"allow: {rule.label}{op.explain(ctx)}"
+                return Decision(True, reason, ctx.valid_until)
         if not self.allow_rules:
-            return Decision(False, "deny: route has no allow rule")
-        return Decision(False, "deny: no allow rule matched" + _hint(identity, ctx))
+            return Decision(False, "deny: route has no allow rule", ctx.valid_until)
+        reason = "deny: no allow rule matched" + _hint(identity, ctx)
+        return Decision(False, reason, ctx.valid_until)
 
 
 def _hint(identity: Identity | None, ctx: Context) -> str:

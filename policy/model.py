@@ -52,7 +52,16 @@ class RequestFacts:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The outcome of a policy check; ``reason`` is for logs and the operator, never secret."""
+    """The outcome of a policy check; ``reason`` is for logs and the operator, never secret.
+
+    ``valid_until`` bounds how long the decision holds: with the same identity and the same
+    facts apart from ``now``, every ``now'`` with ``facts.now <= now' < valid_until`` gets the
+    same ``allow`` and ``reason``. It is timezone-aware UTC and later than ``facts.now``;
+    ``None`` means the decision does not depend on the clock. Anything that reuses a decision
+    (a cache) must stop doing so at ``valid_until``. The bound may be earlier than the moment
+    the decision really changes (e.g. at a time-zone offset change), never later.
+    """
 
     allow: bool
     reason: str
+    valid_until: datetime | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import httptools
@@ -21,17 +20,26 @@ import structlog
 from multidict import CIMultiDict
 
 from policy.engine import Policy
-from policy.model import Decision, Identity, RequestFacts
+from policy.model import Identity
 from policy.paths import UnsafePathError, normalize_path
 from proxy import metrics
+from proxy.admission import Verdict, admit, still_holds
 from proxy.connlimit import MAX_FIELD_SIZE, MAX_LINE_SIZE
 from proxy.endpoints import JWKS_PATH
-from proxy.forward import UpstreamError, upstream_headers
+from proxy.forward import upstream_headers
+from proxy.framing import (
+    Framing,
+    FramingError,
+    connection_options,
+    finish_head,
+    request_head_prefix,
+)
 from proxy.handler import (
     authority,
     client_scheme,
     identity_headers,
     match_route,
+    pool_key,
     upstream_target,
 )
 from proxy.identity import sealed_with_old_secret, to_identity
@@ -42,7 +50,7 @@ from proxy.session import Session, SessionCodec, SessionError, parse_cookie_head
 from proxy.settings import Settings
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import Throttle
-from proxy.upstream_link import HeadReader, PoolKey, serialize_head
+from proxy.upstream_link import HeadReader, PoolKey
 
 log = structlog.get_logger("clawgate.proxy")
 
@@ -67,11 +75,13 @@ class Exchange:
         "key",
         "method",
         "path",
+        "pending",
         "response_headers",
         "rid",
         "route",
         "session",
         "timeout",
+        "valid_until",
         "websocket",
         "ws_key",
     )
@@ -94,6 +104,7 @@ class Exchange:
         client_ip: str = "",
         ws_key: str | None = None,
         expect_continue: bool = False,
+        valid_until: float = 0.0,
     ) -> None:
         self.route = route
         self.rid = rid
@@ -102,6 +113,9 @@ class Exchange:
         self.path = path
         self.session = session
         self.client_ip = client_ip
+        # Until when the admission holds (proxy/admission.py); an open WebSocket is
+        # decided again then.
+        self.valid_until = valid_until
         # A WebSocket upgrade: relayed raw (proxy/wsrelay.py) once the upstream agrees.
         self.websocket = ws_key is not None
         self.ws_key = ws_key
@@ -117,17 +131,8 @@ class Exchange:
         self.access_line = access_line
         # The client waits for "100 Continue" before it sends the body.
         self.expect_continue = expect_continue and body_left > 0
-
-
-def pool_key(route: Route) -> PoolKey:
-    up = route.upstream
-    tls = up.scheme == "https"
-    return (
-        up.raw_host or "",
-        up.port or (443 if tls else 80),
-        tls,
-        not route.settings.tls_skip_verify,
-    )
+        # Body bytes read before the upstream link was there; they die with the exchange.
+        self.pending: list[bytes] = []
 
 
 def plan(
@@ -191,9 +196,10 @@ def _plan_fresh(
     host_b: bytes | None = None
     cookie_b = b""
     length: int | None = None
-    close_after = False
     ws_key: str | None = None
     origin: str | None = None
+    origins = 0
+    connection_values: list[str] = []
     expect_continue = False
     for name, value in raw:
         if len(name) + len(value) > MAX_FIELD_SIZE:
@@ -231,12 +237,16 @@ def _plan_fresh(
                 return None
         elif lname == b"origin":
             origin = value.decode("utf-8", "surrogateescape")
+            origins += 1
         elif lname == b"connection":
-            tokens = value.lower()
-            if b"close" in tokens:
-                close_after = True
-    if not host_b:
+            connection_values.append(value.decode("latin-1"))
+    if not host_b or origins > 1:
         return None
+    try:
+        connection = connection_options(connection_values)
+    except FramingError:
+        return None  # the handler's 400
+    close_after = connection.close
     if upgrade and (method_b != b"GET" or length is not None or not _valid_key(ws_key)):
         return None
     if not upgrade:
@@ -260,7 +270,8 @@ def _plan_fresh(
         or (origin is not None and origin not in route.allowed_origins)
     ):
         return None  # the handler's 403 pages (cross-site WebSocket hijacking included)
-    now = int(time.time())
+    clock = time.time()
+    now = int(clock)
     audience = host.lower()
     if audience.endswith(":443"):
         audience = audience[:-4]
@@ -284,7 +295,8 @@ def _plan_fresh(
     )
     identity = to_identity(session, settings.idp_groups_claim) if session is not None else None
     method = method_b.decode()
-    decision = _decide(route.policy, identity, method, path, ip)
+    verdict = _admit(route, session, identity, method, path, ip, clock)
+    decision = verdict.decision
     if not decision.allow:
         return None
     if _limited(throttle, settings, ip, session):
@@ -307,16 +319,20 @@ def _plan_fresh(
         set_headers=route.request_headers,
         identity=identity_headers(snap, route, session, audience),
         websocket=upgrade,
+        connection=connection,
     )
-    out.popall("X-Request-Id", None)  # clawgate's own goes last, see _Template
     if upgrade:
         out["Connection"] = "Upgrade"
         out["Upgrade"] = "websocket"
     key = pool_key(route)
     try:
-        prefix = serialize_head(method, upstream_target(route, path, query), out, "")[:-2]
-        request_head = _with_id(prefix, rid)
-    except UpstreamError:
+        # The same head the handler path writes (proxy/framing.py), framed from what
+        # llhttp read; clawgate's request id goes last, so a template ends before it.
+        prefix = request_head_prefix(
+            method, upstream_target(route, path, query), out.items(), Framing(length or 0)
+        )
+        request_head = finish_head(prefix, rid)
+    except FramingError:
         prefix = request_head = b""  # a header value that cannot be sent: answered with a 502
     if prefix and not upgrade and len(head_bytes) <= _TEMPLATE_HEAD_MAX:
         if len(_TEMPLATES) >= _TEMPLATES_MAX:
@@ -333,6 +349,7 @@ def _plan_fresh(
                 else 0
             ),
             reason=decision.reason,
+            valid_until=verdict.valid_until,
             client_ip=ip,
             method=method,
             host=host,
@@ -362,6 +379,7 @@ def _plan_fresh(
         close_after=close_after,
         expect_continue=expect_continue,
         access_line=lines.access,
+        valid_until=verdict.valid_until,
     )
 
 
@@ -413,10 +431,6 @@ def _admitted(logger: Any, rid: str, reason: str, lines: _Lines) -> None:
     lines.authorization.emit(logger, rid)
 
 
-def _with_id(prefix: bytes, rid: str) -> bytes:
-    return b"%sX-Request-Id: %s\r\n\r\n" % (prefix, rid.encode("utf-8", "surrogateescape"))
-
-
 class _Template:
     """What a fresh admission of one request head found, for the next identical head."""
 
@@ -440,6 +454,7 @@ class _Template:
         "route",
         "session",
         "snap",
+        "valid_until",
     )
 
     def __init__(
@@ -452,6 +467,7 @@ class _Template:
         assertion: str | None,
         assertion_until: int,
         reason: str,
+        valid_until: float,
         client_ip: str,
         method: str,
         host: str,
@@ -473,6 +489,10 @@ class _Template:
         # Until then the signer hands out the same assertion: no need to ask it.
         self.assertion_until = assertion_until
         self.reason = reason
+        # The admission's validity (proxy/admission.py): the decision, and all that was
+        # derived from it here, is reused only before then and while the session is not
+        # revoked; a reload makes the template stale through ``snap``.
+        self.valid_until = valid_until
         self.client_ip = client_ip
         self.method = method
         self.host = host
@@ -513,19 +533,15 @@ def _from_template(
 ) -> Exchange | _Stale | None:
     """An exchange from ``t``, None to hand the request over, or _STALE to admit afresh."""
     session = t.session
-    now = int(time.time())
+    clock = time.time()
+    now = int(clock)
     route = t.route
-    if session is not None:
-        if (
-            now >= session.expires_at
-            or session.sid in runtime.revoked
-            or session.needs_refresh(now)
-        ):
-            return _STALE
-        if route.pass_identity and now >= t.assertion_until:
-            token = t.snap.keys.signer.sign(session, audience=t.audience, now=now)
-            if token != t.assertion:
-                return _STALE  # re-signed since: the header set changes
+    if not still_holds(t.valid_until, session, runtime.revoked, clock):
+        return _STALE
+    if session is not None and route.pass_identity and now >= t.assertion_until:
+        token = t.snap.keys.signer.sign(session, audience=t.audience, now=now)
+        if token != t.assertion:
+            return _STALE  # re-signed since: the header set changes
     if _limited(throttle, t.snap.settings, t.client_ip, session):
         return None
     rid = t.given_id or new_request_id()
@@ -537,7 +553,7 @@ def _from_template(
         host=t.host,
         path=t.path,
         headers=t.headers,
-        head_bytes=_with_id(t.prefix, rid),
+        head_bytes=finish_head(t.prefix, rid),
         key=t.key,
         body_left=t.body_left,
         session=session,
@@ -545,6 +561,7 @@ def _from_template(
         close_after=t.close_after,
         expect_continue=t.expect_continue,
         access_line=t.lines.access,
+        valid_until=t.valid_until,
     )
 
 
@@ -562,7 +579,7 @@ def _valid_key(key: str | None) -> bool:
 # opened once per cookie value instead of once per request. Entries hold the codec they
 # were opened with; expiry is checked on every hit (as SessionCodec.decode does).
 _SESSIONS: dict[tuple[bytes, str], tuple[SessionCodec, Session]] = {}
-_DECISIONS: dict[tuple[int, int, str, str, str], tuple[Policy, Identity | None, Decision]] = {}
+_DECISIONS: dict[tuple[int, int, str, str, str], tuple[Policy, Identity | None, Verdict]] = {}
 _CACHE_MAX = 4096
 
 
@@ -588,16 +605,27 @@ def _session(snap: Snapshot, cookie: bytes, host: str, now: int) -> Session | No
     return session
 
 
-def _decide(policy: Policy, identity: Identity | None, method: str, path: str, ip: str) -> Decision:
-    """``policy.decide``, remembered: a compiled policy is a pure function of these (the
-    request time is not among its criteria), and identities are memoized per session."""
+def _admit(
+    route: Route,
+    session: Session | None,
+    identity: Identity | None,
+    method: str,
+    path: str,
+    ip: str,
+    clock: float,
+) -> Verdict:
+    """:func:`proxy.admission.admit`, remembered until the verdict's own validity ends
+    (a time criterion's next bound, the session's expiry or refresh); entries hold the
+    compiled policy and the identity they were made for, so a reload or another
+    session never meets them."""
+    policy = route.policy
     key = (id(policy), id(identity), method, path, ip)
     hit = _DECISIONS.get(key)
-    if hit is not None and hit[0] is policy and hit[1] is identity:
+    if hit is not None and hit[0] is policy and hit[1] is identity and clock < hit[2].valid_until:
         return hit[2]
-    decision = policy.decide(RequestFacts(method, path, ip, datetime.now(UTC)), identity)
+    verdict = admit(route, session, identity, method, path, ip, clock)
     if len(path) <= 512:
         if len(_DECISIONS) >= _CACHE_MAX:
             _DECISIONS.clear()
-        _DECISIONS[key] = (policy, identity, decision)
-    return decision
+        _DECISIONS[key] = (policy, identity, verdict)
+    return verdict

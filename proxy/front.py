@@ -39,12 +39,12 @@ from multidict import CIMultiDict
 from proxy import metrics, pages, websocket
 from proxy.connlimit import REFUSED, TIMED_OUT, Guard, GuardedHandler
 from proxy.exchange import Exchange, known_head, plan
-from proxy.forward import CONTINUE, DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP, UpstreamError
+from proxy.forward import CONTINUE, DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP
 from proxy.ratelimit import address_key
 from proxy.runtime import Runtime
 from proxy.snapshot import HSTS
 from proxy.throttle import Throttle
-from proxy.upstream_link import LinkPool, ResponseHead, UpstreamLink
+from proxy.upstream_link import ResponseHead, UpstreamError, UpstreamLink
 from proxy.websocket import LiveConnection
 from proxy.wsrelay import RawRelay, open_upstream
 
@@ -81,7 +81,7 @@ class Front:
         self.guard = guard
         self.fallback = fallback
         self.scheme = scheme
-        self.pool = LinkPool()
+        self.pool = runtime.links  # shared with the handler path
         # The configured logger itself, not structlog's lazy proxy (one lookup less per
         # line, two lines per request); made after logging is configured.
         self.log: Any = log.bind()
@@ -123,7 +123,6 @@ class FrontConnection(asyncio.Protocol):
     """One client connection while it is served by the front (see the module text)."""
 
     __slots__ = (
-        "_body_pending",
         "_buf",
         "_closed",
         "_connecting",
@@ -176,7 +175,6 @@ class FrontConnection(asyncio.Protocol):
         self._status = 0
         self._wrote = False
         self._draining = False
-        self._body_pending: list[bytes] = []
         self._connecting: asyncio.Task[None] | None = None
 
     # -- connection life ------------------------------------------------------------------
@@ -412,6 +410,17 @@ class FrontConnection(asyncio.Protocol):
         both connections to a raw frame relay (proxy/wsrelay.py)."""
         front = self._front
         host, port, tls, verify = ex.key
+        # Registered before the upstream handshake: a sign-out or policy change while it
+        # runs finds this connection, and the relay closes it as soon as it starts.
+        conn = LiveConnection(
+            session=ex.session,
+            host=ex.host,
+            path=ex.path,
+            source_ip=ex.client_ip,
+            valid_until=ex.valid_until,
+        )
+        registry = front.runtime.registry
+        registry.add(conn)
         try:
             upgraded = await open_upstream(
                 host,
@@ -423,13 +432,18 @@ class FrontConnection(asyncio.Protocol):
                 timeout=ex.timeout or front.runtime.snapshot.settings.default_upstream_timeout,
             )
         except UpstreamError as exc:
+            registry.discard(conn)
             self._connecting = None
             if self._ex is ex:
                 self._answer_error(exc)
             return
+        except BaseException:
+            registry.discard(conn)
+            raise
         self._connecting = None
         transport = self._transport
         if self._ex is not ex or transport is None or self._closed:
+            registry.discard(conn)
             upgraded.transport.abort()  # the client left meanwhile
             return
         # The upstream's 101 as it is, but for hop-by-hop headers (Upgrade and Connection
@@ -455,9 +469,6 @@ class FrontConnection(asyncio.Protocol):
         if self._paused:
             self._paused = 0
             transport.resume_reading()
-        conn = LiveConnection(
-            session=ex.session, host=ex.host, path=ex.path, source_ip=ex.client_ip
-        )
         conn.on_closed = self._websocket_closed
         relay = RawRelay(
             transport,
@@ -484,7 +495,7 @@ class FrontConnection(asyncio.Protocol):
         link.owner = self
         link.reset(ex.method == "HEAD")
         link.transport.write(ex.head_bytes)
-        pending = self._body_pending
+        pending = ex.pending
         if pending:
             link.transport.write(b"".join(pending))
             pending.clear()
@@ -494,12 +505,16 @@ class FrontConnection(asyncio.Protocol):
             self._set_udeadline(_HEAD, ex.timeout)
 
     def _send_body(self, piece: bytes) -> None:
+        """Body bytes of the exchange in progress: to its link, or kept with the
+        exchange until the link is there. They belong to that exchange alone: when it
+        ends, whatever of them was not sent ends with it (never the next request's)."""
+        ex = self._ex
         link = self._link
         if link is not None and link.transport is not None and not link.closed:
             link.transport.write(piece)
-        elif link is None:
-            self._body_pending.append(piece)
-            if sum(map(len, self._body_pending)) > _HIGH_WATER:
+        elif link is None and ex is not None:
+            ex.pending.append(piece)
+            if sum(map(len, ex.pending)) > _HIGH_WATER:
                 self.pause_client_reading(2)
 
     def response_head(self, link: UpstreamLink, head: ResponseHead) -> None:

@@ -7,33 +7,38 @@ receives exactly that path, so what was checked is what is served.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from policy.model import RequestFacts
 from policy.paths import UnsafePathError, normalize_path
 from policy.routes import rewrite_path
 from proxy import metrics, pages
+from proxy.admission import admit
 from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
-from proxy.forward import UpstreamError, UpstreamRequest, forward_http, upstream_headers
+from proxy.forward import (
+    UpstreamRequest,
+    forward_http,
+    request_connection,
+    request_framing,
+    upstream_headers,
+)
+from proxy.framing import ConnectionOptions, FramingError, request_head
 from proxy.identity import apply_cookies, request_host, resolve, to_identity
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client_ip
 from proxy.session import Session
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import limit_user
+from proxy.upstream_link import PoolKey, UpstreamError
 from proxy.websocket import LiveConnection, relay
 
 log = structlog.get_logger("clawgate.proxy")
 
 
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    upgrade = request.headers.get("Upgrade", "").lower()
-    connection = request.headers.get("Connection", "").lower()
-    return upgrade == "websocket" and "upgrade" in connection
+def is_websocket_upgrade(request: web.BaseRequest, connection: ConnectionOptions) -> bool:
+    return connection.upgrade and request.headers.get("Upgrade", "").strip().lower() == "websocket"
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -43,6 +48,21 @@ async def handle(request: web.Request) -> web.StreamResponse:
     raw_path, _, query = request.raw_path.partition("?")
     if raw_path == "/ping":
         return web.Response(text="OK", headers={"Cache-Control": "no-store"})
+    try:
+        # Before anything else: clawgate frames what it forwards (proxy/framing.py), and
+        # a request whose framing a header could make ambiguous is not served at all.
+        connection = request_connection(request.headers)
+        framing = request_framing(request)
+    except FramingError as exc:
+        log.info("request_rejected", reason="ambiguous_framing", detail=exc.reason)
+        return pages.error(
+            request,
+            400,
+            "Bad request",
+            "The request's framing is not acceptable.",
+            error_code="bad_framing",
+            request_id=rid,
+        )
     try:
         path = normalize_path(raw_path)
     except UnsafePathError as exc:
@@ -75,8 +95,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if limited is not None:
             return limited
     ip = client_ip(request, snap.settings.xff_num_trusted_hops)
-    facts = RequestFacts(request.method, path, ip, datetime.now(UTC))
-    decision = route.policy.decide(facts, identity)
+    verdict = admit(route, session, identity, request.method, path, ip, time.time())
+    decision = verdict.decision
     metrics.observe_decision(decision.allow, decision.reason)
     log.info(
         "authorization",
@@ -104,8 +124,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
         apply_cookies(denied, snap.settings, resolved, max_age)
         return denied
-    target = upstream_url(route, path, query)
-    websocket = is_websocket_upgrade(request)
+    websocket = is_websocket_upgrade(request, connection)
     headers = upstream_headers(
         request.headers,
         request_host=request.host,
@@ -117,12 +136,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
         set_headers=route.request_headers,
         identity=identity_headers(snap, route, session, request_host(request)),
         websocket=websocket,
+        connection=connection,
     )
-    if rid:
-        headers["X-Request-Id"] = rid
     try:
         if websocket:
-            return await _websocket(runtime, request, route, session, path, ip, target, headers)
+            if rid:
+                headers["X-Request-Id"] = rid
+            target = upstream_url(route, path, query)
+            return await _websocket(
+                runtime, request, route, session, path, ip, target, headers, verdict.valid_until
+            )
+        try:
+            head = request_head(
+                request.method, upstream_target(route, path, query), headers.items(), framing, rid
+            )
+        except FramingError as exc:
+            raise UpstreamError(502, "upstream_error:bad_header") from exc
         sent = time.perf_counter()
         refreshed = bool(resolved.set_cookies or resolved.clear_cookies)
 
@@ -135,14 +164,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
         response = await forward_http(
             request,
-            runtime.http,
+            runtime.links,
             UpstreamRequest(
-                url=target,
-                headers=headers,
+                key=pool_key(route),
+                method=request.method,
+                head=head,
+                framing=framing,
                 timeout=route.timeout,
                 idle_timeout=route.idle_timeout,
                 response_headers=route.response_headers,
-                ssl=not route.settings.tls_skip_verify,
             ),
             on_head=on_head,
         )
@@ -161,6 +191,7 @@ async def _websocket(
     ip: str,
     target: URL,
     headers: CIMultiDict[str],
+    valid_until: float,
 ) -> web.StreamResponse:
     rid = request.get(REQUEST_ID)
     if not route.settings.allow_websockets:
@@ -172,8 +203,8 @@ async def _websocket(
             error_code="websocket_not_allowed",
             request_id=rid,
         )
-    origin = request.headers.get("Origin")
-    if origin is not None and origin not in route.allowed_origins:
+    origins = request.headers.getall("Origin", ())
+    if len(origins) > 1 or (origins and origins[0] not in route.allowed_origins):
         # Cross-site WebSocket hijacking: the browser attaches our cookie to any site's
         # upgrade request, so only the route's own origin (or a listed one) may open one.
         log.warning("websocket_origin_refused", route=route.name)
@@ -187,7 +218,9 @@ async def _websocket(
         )
     if runtime.draining:
         raise web.HTTPServiceUnavailable(text="shutting down")
-    conn = LiveConnection(session=session, host=request.host, path=path, source_ip=ip)
+    conn = LiveConnection(
+        session=session, host=request.host, path=path, source_ip=ip, valid_until=valid_until
+    )
     return await relay(
         request,
         runtime.http,
@@ -276,6 +309,18 @@ def _claim_value(session: Session, claim: str) -> str:
     text = str(value)
     # A claim value must not be able to inject header lines.
     return "" if any(c in text for c in "\r\n\x00") else text
+
+
+def pool_key(route: Route) -> PoolKey:
+    """Which pooled upstream connections may carry this route's requests."""
+    up = route.upstream
+    tls = up.scheme == "https"
+    return (
+        up.raw_host or "",
+        up.port or (443 if tls else 80),
+        tls,
+        not route.settings.tls_skip_verify,
+    )
 
 
 def authority(url: URL) -> str:

@@ -1,18 +1,19 @@
 """Continuous authorization of open WebSockets.
 
 A WebSocket is authorized once, at the upgrade; after that it can live for hours.
-These re-checks close it (code 1008, with a reason) when the policy in force no
-longer allows it, or when its session ends without a successful refresh.
+These re-checks close it (code 1008, with a reason) when its session is signed out,
+when the policy in force no longer allows it (after a reload, or once a time bound of
+the verdict it was admitted with has passed: proxy/admission.py), or when its session
+ends without a successful refresh.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import structlog
 
-from policy.model import RequestFacts
+from proxy.admission import admit
 from proxy.identity import prune_shared_refreshes, refresh, to_identity
 from proxy.runtime import Runtime
 from proxy.websocket import POLICY_VIOLATION, LiveConnection
@@ -20,8 +21,9 @@ from proxy.websocket import POLICY_VIOLATION, LiveConnection
 log = structlog.get_logger("clawgate.authz")
 
 
-def _denial(runtime: Runtime, conn: LiveConnection) -> str | None:
-    """Why the policy in force would refuse ``conn`` now, or None if it still allows it."""
+def _denial(runtime: Runtime, conn: LiveConnection, clock: float) -> str | None:
+    """Why the policy in force would refuse ``conn`` now, or None if it still allows
+    it (then ``conn.valid_until`` is how long that answer holds)."""
     snap = runtime.snapshot
     route = snap.table.match(conn.host, conn.path)
     if route is None:
@@ -30,14 +32,45 @@ def _denial(runtime: Runtime, conn: LiveConnection) -> str | None:
         return "websockets no longer allowed on this route"
     session = conn.session
     identity = to_identity(session, snap.settings.idp_groups_claim) if session else None
-    facts = RequestFacts("GET", conn.path, conn.source_ip, datetime.now(UTC))
-    decision = route.policy.decide(facts, identity)
-    return None if decision.allow else f"policy changed: {decision.reason}"
+    verdict = admit(route, session, identity, "GET", conn.path, conn.source_ip, clock)
+    if not verdict.allow:
+        return f"policy changed: {verdict.decision.reason}"
+    conn.valid_until = verdict.valid_until
+    return None
 
 
 async def reauthorize_connections(runtime: Runtime) -> int:
     """After a config reload: close the connections the new policy refuses."""
-    return await runtime.registry.close_where(lambda conn: _denial(runtime, conn))
+    clock = time.time()
+    return await runtime.registry.close_where(lambda conn: _denial(runtime, conn, clock))
+
+
+async def _close(conn: LiveConnection, reason: str, logged: str | None = None) -> None:
+    log.info("websocket_closed_by_clawgate", reason=logged or reason, user=conn.user)
+    await conn.close(POLICY_VIOLATION, reason)
+
+
+async def sweep_connections(runtime: Runtime) -> None:
+    """Close what no longer holds: a revoked session (a sign-out that reached this
+    process while the socket's handshake ran is caught here too), and connections
+    whose verdict has run out and that the policy now refuses. Cheap: a lookup per
+    connection, a decision only where the verdict's validity has ended."""
+    clock = time.time()
+    for conn in runtime.registry:
+        if conn.closing:
+            continue
+        session = conn.session
+        if session is not None and session.sid in runtime.revoked:
+            await _close(conn, "signed out")
+            continue
+        if session is not None and (
+            session.is_expired(int(clock)) or session.needs_refresh(int(clock))
+        ):
+            continue  # sweep_sessions refreshes it or closes it
+        if clock >= conn.valid_until:
+            reason = _denial(runtime, conn, clock)
+            if reason is not None:
+                await _close(conn, reason)
 
 
 async def sweep_sessions(runtime: Runtime) -> None:
@@ -50,19 +83,14 @@ async def sweep_sessions(runtime: Runtime) -> None:
         if session is None or conn.closing:
             continue
         if session.is_expired(now):
-            log.info("websocket_closed_by_clawgate", reason="session expired", user=conn.user)
-            await conn.close(POLICY_VIOLATION, "session expired")
+            await _close(conn, "session expired")
             continue
         if session.needs_refresh(now):
             updated = await refresh(runtime, session)
             if updated is None:
-                log.info(
-                    "websocket_closed_by_clawgate", reason="session refresh failed", user=conn.user
-                )
-                await conn.close(POLICY_VIOLATION, "session expired")
+                await _close(conn, "session expired", "session refresh failed")
                 continue
             conn.session = updated
-            reason = _denial(runtime, conn)
+            reason = _denial(runtime, conn, time.time())
             if reason is not None:
-                log.info("websocket_closed_by_clawgate", reason=reason, user=conn.user)
-                await conn.close(POLICY_VIOLATION, reason)
+                await _close(conn, reason)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from proxy.oidc import OidcClient
 from proxy.snapshot import Snapshot
+from proxy.upstream_link import LinkPool
 from proxy.websocket import ConnectionRegistry
 
 
@@ -36,6 +37,8 @@ class Runtime:
     http: aiohttp.ClientSession
     oidc: OidcClient | None
     registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
+    # Keep-alive upstream connections, for both request paths (proxy/upstream_link.py).
+    links: LinkPool = field(default_factory=LinkPool)
     reload: ReloadStatus = field(default_factory=ReloadStatus)
     started: float = field(default_factory=time.time)
     draining: bool = False

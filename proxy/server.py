@@ -124,6 +124,9 @@ def build_app(runtime: Runtime) -> web.Application:
         handler_args={
             "max_field_size": MAX_FIELD_SIZE,
             "max_line_size": MAX_LINE_SIZE,
+            # Request bodies are forwarded as received: inflating a Content-Encoding
+            # here would send the upstream other bytes than the client's framing said.
+            "auto_decompress": False,
         },
     )
     app[RUNTIME] = runtime
@@ -523,6 +526,7 @@ async def serve(
             task.cancel()
         for runner in runners:
             await runner.cleanup()
+        runtime.links.close()
         await http.close()
         await idp_http.close()
         if peers is not None:
@@ -572,12 +576,18 @@ async def _warm_idp(oidc: OidcClient) -> None:
             delay = min(delay * 2, 60.0)
 
 
-async def _session_sweeper(runtime: Runtime, interval: float = 5.0) -> None:
-    from proxy.policy_watch import sweep_sessions
+async def _session_sweeper(runtime: Runtime, interval: float = 1.0, every: int = 5) -> None:
+    """Each ``interval``: open WebSockets against revocations and their verdicts'
+    validity; every ``every`` intervals also refresh due sessions and prune."""
+    from proxy.policy_watch import sweep_connections, sweep_sessions
 
+    tick = 0
     while True:
         await asyncio.sleep(interval)
+        tick += 1
         try:
-            await sweep_sessions(runtime)
+            await sweep_connections(runtime)
+            if tick % every == 0:
+                await sweep_sessions(runtime)
         except Exception:
             log.exception("session_sweep_failed")

@@ -21,15 +21,22 @@ import time
 from typing import Any, Protocol
 
 import httptools
-from multidict import CIMultiDict
-
-from proxy.forward import UpstreamError
 
 PoolKey = tuple[str, int, bool, bool]
 
 # A response head longer than this is refused (502): the raw bytes are kept until the
 # head is complete, and nothing legitimate sends 64 KB of response headers.
 MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or answered wrongly; ``status`` is what the
+    client gets (502, 504) when no response head has gone out yet."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 class ResponseHead:
@@ -94,19 +101,6 @@ def response_head(raw: bytes, status: int) -> ResponseHead:
             _HEADS.clear()
         _HEADS[raw] = head
     return head
-
-
-def serialize_head(method: str, target: str, headers: CIMultiDict[str], framing: str) -> bytes:
-    """A request head for the upstream; refuses (502) a value that would split it."""
-    lines = [f"{method} {target} HTTP/1.1"]
-    lines.extend(f"{k}: {v}" for k, v in headers.items())
-    if framing:
-        lines.append(framing)
-    text = "\r\n".join(lines) + "\r\n\r\n"
-    # A CR, LF or NUL inside a name or value would split or smuggle a request: refuse.
-    if text.count("\n") != len(lines) + 1 or "\r\r" in text or "\x00" in text:
-        raise UpstreamError(502, "upstream_error:bad_header")
-    return text.encode("utf-8", "surrogateescape")
 
 
 class LinkOwner(Protocol):
@@ -199,6 +193,12 @@ class UpstreamLink(asyncio.Protocol):
             self.broken = True  # bytes nobody asked for: out of step, never reuse
             self.close()
             return
+        if self.complete:
+            # More than the response's framing said: the link is out of step with the
+            # upstream. Those bytes reach nobody, and the link is never reused.
+            self.broken = True
+            self.close()
+            return
         self.got_bytes = True
         if not self.head_done:
             self.raw = self.raw + data if self.raw else data
@@ -207,12 +207,17 @@ class UpstreamLink(asyncio.Protocol):
                 return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            owner.upstream_failed(UpstreamError(502, "upstream_error:unexpected_upgrade"))
-            return
-        except httptools.HttpParserError as exc:
-            owner.upstream_failed(UpstreamError(502, f"upstream_error:{type(exc).__name__}"))
-            return
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
+            if self.complete:
+                # Garbage after a whole response: the response stands, the link goes.
+                self.broken = True
+                self.close()
+            elif isinstance(exc, httptools.HttpParserUpgrade):
+                owner.upstream_failed(UpstreamError(502, "upstream_error:unexpected_upgrade"))
+                return
+            else:
+                owner.upstream_failed(UpstreamError(502, f"upstream_error:{type(exc).__name__}"))
+                return
         owner.upstream_progress(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -236,6 +241,9 @@ class UpstreamLink(asyncio.Protocol):
     # trailers are dropped.
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            self.broken = True  # a second response in the same read: never relayed
+            return
         status = self.parser.get_status_code()
         raw = self.raw
         end = raw.find(b"\r\n\r\n") + 4  # llhttp insists on CRLF: the head ends there
@@ -255,7 +263,7 @@ class UpstreamLink(asyncio.Protocol):
             self.keep_alive = False
 
     def on_body(self, data: bytes) -> None:
-        if self.skip_body:
+        if self.skip_body or self.complete:
             self.broken = True
             return
         if self.chunked_out:
@@ -267,7 +275,7 @@ class UpstreamLink(asyncio.Protocol):
         if self.interim:
             self.interim = False
             return
-        if self.skip_body:
+        if self.skip_body or self.complete:
             return
         if self.chunked_out:
             self.out.append(b"0\r\n\r\n")

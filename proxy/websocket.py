@@ -24,8 +24,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import metrics
-from proxy.forward import UpstreamError
 from proxy.session import Session
+from proxy.upstream_link import UpstreamError
 
 log = structlog.get_logger("clawgate.websocket")
 
@@ -57,6 +57,9 @@ class LiveConnection:
     path: str
     source_ip: str
     opened: float = field(default_factory=time.monotonic)
+    # Until when its admission holds without asking the policy again (epoch seconds;
+    # proxy/admission.py): the sweep re-decides it then (proxy/policy_watch.py).
+    valid_until: float = float("inf")
     client: web.WebSocketResponse | None = None
     upstream: aiohttp.ClientWebSocketResponse | None = None
     closing: bool = False
@@ -181,6 +184,37 @@ async def relay(
         headers.popall(name, None)
     protocols = _protocols(request)
     ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+    # Registered before the upstream handshake: a sign-out or policy change while it
+    # runs finds this connection (close_requested), and the pumps end before they start.
+    registry.add(conn)
+    try:
+        return await _relay(
+            request,
+            client,
+            ws_url,
+            headers,
+            conn,
+            protocols,
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+            verify_tls=verify_tls,
+        )
+    finally:
+        registry.discard(conn)
+
+
+async def _relay(
+    request: web.Request,
+    client: aiohttp.ClientSession,
+    ws_url: URL,
+    headers: CIMultiDict[str],
+    conn: LiveConnection,
+    protocols: tuple[str, ...],
+    *,
+    connect_timeout: float | None,
+    idle_timeout: float | None,
+    verify_tls: bool,
+) -> web.WebSocketResponse:
     try:
         upstream = await asyncio.wait_for(
             client.ws_connect(
@@ -221,7 +255,6 @@ async def relay(
         raise
     conn.client = ws
     conn.upstream = upstream
-    registry.add(conn)
     try:
         await _pump_both(ws, upstream, conn, idle_timeout)
         if conn.closing:
@@ -232,7 +265,6 @@ async def relay(
             with contextlib.suppress(Exception):
                 await upstream.close(code=GOING_AWAY, message=b"client connection ended")
     finally:
-        registry.discard(conn)
         if not upstream.closed:
             await upstream.close()
         if not ws.closed:

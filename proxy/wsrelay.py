@@ -26,7 +26,7 @@ from typing import cast
 import httptools
 import structlog
 
-from proxy.forward import UpstreamError
+from proxy.upstream_link import UpstreamError
 from proxy.websocket import (
     CLOSE_HANDSHAKE_TIMEOUT,
     GOING_AWAY,
@@ -578,6 +578,7 @@ class RawRelay:
         self._up.set_protocol(_UpstreamSide(self))
         self._registry.add(self._conn)
         self._conn.closer = self.close
+        closed_early = self._conn.closing  # asked to close while the handshakes ran
         self._last = self._loop.time()
         if self._idle is not None:
             self._timer = self._loop.call_at(self._last + self._idle, self._tick)
@@ -595,6 +596,8 @@ class RawRelay:
             self._guard(self._ended, False)
         elif not self._up.is_closing():
             self._up.resume_reading()
+        if closed_early:
+            self.close(self._conn.close_code, self._conn.close_reason)
 
     def close(self, code: int, reason: str) -> None:
         """Close the client with ``code`` and the upstream with 1001; returns at once."""

@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from proxy.forward import UpstreamError
-from proxy.upstream_link import serialize_head
+from proxy.framing import NO_BODY, FramingError, request_head
+from proxy.upstream_link import UpstreamError
 from tests.proxy.test_front import gate_with_metrics, mint_cookie
 from tests.support.rawupstream import RawUpstream, Script
 
@@ -400,8 +400,8 @@ async def test_expect_100_continue_is_answered_by_clawgate_once_allowed(fast_pat
 
 def test_header_values_cannot_split_the_request() -> None:
     for name, value in (("X-A", "v\r\nX-Injected: 1"), ("X-A", "v\nX"), ("X-B\r\nX-C", "1"),
-                        ("X-A", "v\x00")):
-        with pytest.raises(UpstreamError):
-            serialize_head("GET", "/", CIMultiDict({name: value}), "")
-    serialized = serialize_head("GET", "/p?q=1", CIMultiDict(Host="u"), "")
-    assert serialized == b"GET /p?q=1 HTTP/1.1\r\nHost: u\r\n\r\n"
+                        ("X-A", "v\x00"), ("X A", "1"), ("X-A:", "1")):
+        with pytest.raises(FramingError):
+            request_head("GET", "/", CIMultiDict({name: value}), NO_BODY, None)
+    serialized = request_head("GET", "/p?q=1", CIMultiDict(Host="u"), NO_BODY, "r1")
+    assert serialized == b"GET /p?q=1 HTTP/1.1\r\nHost: u\r\nX-Request-Id: r1\r\n\r\n"

@@ -24,8 +24,8 @@ import pytest
 import uvloop
 from aiohttp import WSMsgType, web
 
-from proxy.forward import UpstreamError
 from proxy.tls import generate_self_signed, new_server_context
+from proxy.upstream_link import UpstreamError
 from proxy.websocket import ConnectionRegistry, LiveConnection
 from proxy.wsrelay import (
     FrameError,
