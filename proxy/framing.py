@@ -138,8 +138,9 @@ def request_head_prefix(
     if framing_line:
         lines.append(framing_line)
     text = "\r\n".join(lines) + "\r\n"
-    # A CR, LF or NUL inside a name or value would split or smuggle a request: refuse.
-    if text.count("\n") != len(lines) or "\r\r" in text or "\x00" in text:
+    # A CR, LF or NUL inside a name or value would split or smuggle a request (some
+    # parsers end a line at a bare CR): refuse.
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines) or "\x00" in text:
         raise FramingError("bad_header_value")
     return text.encode("utf-8", "surrogateescape")
 
