@@ -40,7 +40,7 @@ from proxy import logging as clawlog  # noqa: E402
 from proxy.connlimit import Guard  # noqa: E402
 from proxy.front import Front  # noqa: E402
 from proxy.runtime import Runtime  # noqa: E402
-from proxy.server import connection_limits, new_http_client  # noqa: E402
+from proxy.server import connection_limits  # noqa: E402
 from proxy.settings import load_settings  # noqa: E402
 from proxy.snapshot import build_snapshot  # noqa: E402
 from proxy.throttle import Throttle  # noqa: E402
@@ -115,7 +115,7 @@ async def _measure(tmp: Path, rounds: int, profile: bool, opcodes: bool = False)
     clawlog.configure(settings.log_level, settings.log_format)
     sys.stderr = real_stderr
     snapshot = build_snapshot(settings, located, str(path))
-    runtime = Runtime(snapshot=snapshot, http=new_http_client(), oidc=None)
+    runtime = Runtime(snapshot=snapshot, oidc=None)
     front = Front(
         runtime,
         Throttle(),
@@ -169,7 +169,7 @@ async def _measure(tmp: Path, rounds: int, profile: bool, opcodes: bool = False)
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
         print(out.getvalue())
     conn.connection_lost(None)
-    await runtime.http.close()
+    runtime.links.close()
     log_file.close()
 
 

@@ -302,6 +302,38 @@ class GuardedHandler(RequestHandler):
             and not self._read_timers
         )
 
+    def take_upgraded(self) -> tuple[asyncio.Transport, bytes, Callable[[], None]] | None:
+        """Give up the connection of the upgrade request being handled, once the
+        upstream has agreed to it: its transport, what the client sent after the head
+        (aiohttp holds it unparsed), and a callable that frees its per-IP slot when the
+        relay is done. None when the connection cannot be given up as it is (not an
+        upgrade, gone, anything else queued behind it)."""
+        transport = self.transport
+        try:
+            upgraded, tail = self._upgraded, self._message_tail
+            queued, payload_parser = self._messages, self._payload_parser
+            paused = self._buffer_paused
+        except AttributeError:  # another aiohttp than the one this was written against
+            return None
+        if transport is None or not upgraded or queued or payload_parser is not None:
+            return None
+        self._message_tail = b""
+        key, self._key = self._key, None
+        self._cancel_timers()
+        # aiohttp lets go as for a lost connection (the request handler is not cancelled:
+        # handler_cancellation is off), with no transport to close.
+        self.transport = None
+        RequestHandler.connection_lost(self, None)
+        if paused:
+            transport.resume_reading()
+        guard = self._guard
+
+        def release() -> None:
+            if key is not None:
+                guard.counter.release(key)
+
+        return transport, tail, release
+
     def _hand_back(self, data: bytes) -> None:
         transport = self.transport
         give_back = self._give_back

@@ -11,7 +11,6 @@ header set of proxy/forward.py. It keeps no state between calls.
 
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any
 
@@ -51,6 +50,7 @@ from proxy.settings import Settings
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import Throttle
 from proxy.upstream_link import HeadReader, PoolKey
+from proxy.wsrelay import valid_client_key
 
 log = structlog.get_logger("clawgate.proxy")
 
@@ -247,7 +247,7 @@ def _plan_fresh(
     except FramingError:
         return None  # the handler's 400
     close_after = connection.close
-    if upgrade and (method_b != b"GET" or length is not None or not _valid_key(ws_key)):
+    if upgrade and (method_b != b"GET" or length is not None or not valid_client_key(ws_key)):
         return None
     if not upgrade:
         ws_key = None
@@ -563,16 +563,6 @@ def _from_template(
         access_line=t.lines.access,
         valid_until=t.valid_until,
     )
-
-
-def _valid_key(key: str | None) -> bool:
-    """RFC 6455 4.2.1: the key is 16 random bytes, base64-encoded."""
-    if key is None:
-        return False
-    try:
-        return len(base64.b64decode(key.strip(), validate=True)) == 16
-    except ValueError:
-        return False
 
 
 # Sessions by (Cookie header, session host): the header is parsed and the session

@@ -28,25 +28,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
-from http import HTTPStatus
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy import metrics, pages, websocket
+from proxy import metrics, pages
 from proxy.connlimit import REFUSED, TIMED_OUT, Guard, GuardedHandler
 from proxy.exchange import Exchange, known_head, plan
-from proxy.forward import CONTINUE, DEFAULT_RESPONSE_HEADERS, HOP_BY_HOP
+from proxy.forward import CONTINUE
 from proxy.ratelimit import address_key
+from proxy.response_head import extras_for, head_prefix, head_suffix
 from proxy.runtime import Runtime
 from proxy.snapshot import HSTS
 from proxy.throttle import Throttle
 from proxy.upstream_link import ResponseHead, UpstreamError, UpstreamLink
 from proxy.websocket import LiveConnection
-from proxy.wsrelay import RawRelay, open_upstream
+from proxy.wsrelay import open_upstream, switch_protocols
 
 log = structlog.get_logger("clawgate.proxy")
 
@@ -58,7 +58,6 @@ _MAX_HEAD = 64 * 1024
 # upstream connection: reading pauses above this.
 _HIGH_WATER = 256 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 # Deadline kinds of the client side timer.
 _HEAD, _IDLE, _READ = 1, 2, 3
@@ -446,18 +445,6 @@ class FrontConnection(asyncio.Protocol):
             registry.discard(conn)
             upgraded.transport.abort()  # the client left meanwhile
             return
-        # The upstream's 101 as it is, but for hop-by-hop headers (Upgrade and Connection
-        # are set again: they are this hop's too).
-        head = response_head_bytes(
-            101,
-            b"Switching Protocols",
-            upgraded.headers,
-            _NO_EXTRAS,
-            ex.rid,
-            chunked=False,
-            close=False,
-        )
-        transport.write(head[:-2] + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
         self._status = 101
         # From here on the relay owns both transports; this object only waits to write
         # the access line and free the per-IP slot when the relay is done.
@@ -470,16 +457,15 @@ class FrontConnection(asyncio.Protocol):
             self._paused = 0
             transport.resume_reading()
         conn.on_closed = self._websocket_closed
-        relay = RawRelay(
+        switch_protocols(
             transport,
             upgraded,
+            ex.rid,
             conn,
             front.runtime.registry,
             idle_timeout=ex.route.idle_timeout,
-            rsv_allowed=upgraded.header(b"sec-websocket-extensions") is not None,
-            max_payload=websocket.MAX_MESSAGE,  # looked up now: tests lower it
+            leftover=leftover,
         )
-        relay.start(leftover)
 
     def _websocket_closed(self) -> None:
         if self._key is not None:
@@ -529,17 +515,17 @@ class FrontConnection(asyncio.Protocol):
         if not head.framed and not no_body:
             link.chunked_out = link.until_eof = True
         chunked = link.chunked_out and not no_body
-        extras = _extras(ex.response_headers)
+        extras = extras_for(ex.response_headers)
         rendered = head.rendered.get((extras, chunked))
         if rendered is None:
             if len(head.rendered) >= 16:  # routes of configurations no longer in force
                 head.rendered.clear()
-            rendered = head.rendered[(extras, chunked)] = _head_prefix(
+            rendered = head.rendered[(extras, chunked)] = head_prefix(
                 status, head.reason, head.headers, extras, chunked=chunked
             )
         prefix, needs_id = rendered
         link.out.append(
-            _head_suffix(
+            head_suffix(
                 prefix,
                 ex.rid if needs_id else None,
                 chunked=chunked,
@@ -785,108 +771,6 @@ class FrontConnection(asyncio.Protocol):
                 timer.cancel()
         self._timer = self._utimer = None
         self._kind = self._ukind = 0
-
-
-class _Extras:
-    """A route's response headers as bytes: ``overrides`` replace the upstream's,
-    ``defaults`` (the security headers) only fill in what the upstream did not set."""
-
-    __slots__ = ("defaults", "override_lines", "overrides", "source")
-
-    def __init__(self, source: Mapping[str, str]) -> None:
-        self.source = source
-        self.overrides: set[bytes] = set()
-        self.override_lines: list[bytes] = []
-        self.defaults: list[tuple[bytes, bytes]] = []
-        for name, value in source.items():
-            line = f"{name}: {value}".encode("utf-8", "surrogateescape")
-            lname = name.lower().encode("latin-1")
-            if DEFAULT_RESPONSE_HEADERS.get(name) == value:
-                self.defaults.append((lname, line))
-            else:
-                self.overrides.add(lname)
-                self.override_lines.append(line)
-
-
-_EXTRAS: dict[int, _Extras] = {}
-
-
-def _extras(source: Mapping[str, str]) -> _Extras:
-    hit = _EXTRAS.get(id(source))
-    if hit is None or hit.source is not source:
-        if len(_EXTRAS) > 256:  # routes of configs no longer in force
-            _EXTRAS.clear()
-        hit = _EXTRAS[id(source)] = _Extras(source)
-    return hit
-
-
-_HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
-_NO_EXTRAS = _Extras({})
-
-
-def response_head_bytes(
-    status: int,
-    reason: bytes,
-    raw: list[tuple[bytes, bytes]],
-    extras: _Extras,
-    rid: str,
-    *,
-    chunked: bool,
-    close: bool,
-) -> bytes:
-    """The client's response head, straight from the upstream's header bytes (llhttp
-    has refused CR, LF and NUL in them): hop-by-hop headers and those the upstream's
-    ``Connection`` names dropped, the route's headers applied as in forward.py."""
-    prefix, needs_id = _head_prefix(status, reason, raw, extras, chunked=chunked)
-    return _head_suffix(prefix, rid if needs_id else None, chunked=chunked, close=close)
-
-
-def _head_prefix(
-    status: int,
-    reason: bytes,
-    raw: list[tuple[bytes, bytes]],
-    extras: _Extras,
-    *,
-    chunked: bool,
-) -> tuple[bytes, bool]:
-    """What of the client's head depends only on the upstream's head and the route: the
-    status line and header lines, each ending in CRLF; and whether clawgate's request id
-    is to be added (the upstream or the route may set their own)."""
-    drop: frozenset[bytes] | set[bytes] = _HOP_BY_HOP
-    for name, value in raw:
-        if name.lower() == b"connection":
-            drop = set(drop)
-            drop.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    overrides = extras.overrides
-    lines = [b"HTTP/1.1 %d %s" % (status, reason or _REASONS.get(status, b"Unknown"))]
-    present: set[bytes] = set()
-    for name, value in raw:
-        lname = name.lower()
-        if lname in drop or lname in overrides or (chunked and lname == b"content-length"):
-            continue
-        present.add(lname)
-        lines.append(name + b": " + value)
-    lines.extend(extras.override_lines)
-    for lname, line in extras.defaults:
-        if lname not in present:
-            lines.append(line)
-    lines.append(b"")
-    needs_id = b"x-request-id" not in present and b"x-request-id" not in overrides
-    return b"\r\n".join(lines), needs_id
-
-
-def _head_suffix(prefix: bytes, rid: str | None, *, chunked: bool, close: bool) -> bytes:
-    if rid is not None and not chunked and not close:  # the usual keep-alive response
-        return b"%sX-Request-Id: %s\r\n\r\n" % (prefix, rid.encode())
-    parts = [prefix]
-    if rid is not None:
-        parts.append(b"X-Request-Id: %s\r\n" % rid.encode())
-    if chunked:
-        parts.append(b"Transfer-Encoding: chunked\r\n")
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 def render(

@@ -17,6 +17,7 @@ from policy.paths import UnsafePathError, normalize_path
 from policy.routes import rewrite_path
 from proxy import metrics, pages
 from proxy.admission import admit
+from proxy.connlimit import GuardedHandler
 from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
 from proxy.forward import (
     UpstreamRequest,
@@ -25,14 +26,16 @@ from proxy.forward import (
     request_framing,
     upstream_headers,
 )
-from proxy.framing import ConnectionOptions, FramingError, request_head
+from proxy.framing import NO_BODY, ConnectionOptions, FramingError, request_head
 from proxy.identity import apply_cookies, request_host, resolve, to_identity
+from proxy.requestid import new_request_id
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client_ip
 from proxy.session import Session
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import limit_user
 from proxy.upstream_link import PoolKey, UpstreamError
-from proxy.websocket import LiveConnection, relay
+from proxy.websocket import LiveConnection
+from proxy.wsrelay import open_upstream, switch_protocols, valid_client_key
 
 log = structlog.get_logger("clawgate.proxy")
 
@@ -140,9 +143,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )
     try:
         if websocket:
-            if rid:
-                headers["X-Request-Id"] = rid
-            target = upstream_url(route, path, query)
+            target = upstream_target(route, path, query)
             return await _websocket(
                 runtime, request, route, session, path, ip, target, headers, verdict.valid_until
             )
@@ -189,11 +190,14 @@ async def _websocket(
     session: Session | None,
     path: str,
     ip: str,
-    target: URL,
+    target: str,
     headers: CIMultiDict[str],
     valid_until: float,
 ) -> web.StreamResponse:
-    rid = request.get(REQUEST_ID)
+    """An upgrade, admitted: the upstream's handshake with the head the front would
+    write, then the connection leaves aiohttp for the one raw relay both paths use
+    (proxy/wsrelay.py). Returns when the WebSocket has ended."""
+    rid = request.get(REQUEST_ID) or new_request_id()
     if not route.settings.allow_websockets:
         return pages.error(
             request,
@@ -218,20 +222,82 @@ async def _websocket(
         )
     if runtime.draining:
         raise web.HTTPServiceUnavailable(text="shutting down")
+    client_key = request.headers.getall("Sec-WebSocket-Key", ())
+    protocol = request.protocol
+    if (
+        request.method != "GET"
+        or len(client_key) != 1
+        or not valid_client_key(client_key[0])
+        or request.headers.get("Sec-WebSocket-Version", "").strip() != "13"
+        or request.body_exists
+        or not isinstance(protocol, GuardedHandler)
+    ):
+        return pages.error(
+            request,
+            400,
+            "Bad request",
+            "This is not a valid WebSocket handshake.",
+            error_code="bad_websocket_handshake",
+            request_id=rid,
+        )
+    headers["Connection"] = "Upgrade"
+    headers["Upgrade"] = "websocket"
+    try:
+        head = request_head("GET", target, headers.items(), NO_BODY, rid)
+    except FramingError as exc:
+        raise UpstreamError(502, "upstream_error:bad_header") from exc
+    host, port, tls, verify = pool_key(route)
     conn = LiveConnection(
         session=session, host=request.host, path=path, source_ip=ip, valid_until=valid_until
     )
-    return await relay(
-        request,
-        runtime.http,
-        target,
-        headers,
+    # Registered before the upstream handshake: a sign-out or policy change while it
+    # runs finds this connection, and the relay closes it as soon as it starts.
+    runtime.registry.add(conn)
+    try:
+        upgraded = await open_upstream(
+            host,
+            port,
+            ssl_context=runtime.links.tls_context(verify) if tls else None,
+            server_hostname=host if tls else None,
+            request_head=head,
+            key=client_key[0],
+            timeout=route.timeout or runtime.snapshot.settings.default_upstream_timeout,
+        )
+    except BaseException:
+        runtime.registry.discard(conn)
+        raise
+    taken = protocol.take_upgraded()
+    if taken is None:  # the client left during the handshake
+        runtime.registry.discard(conn)
+        upgraded.transport.abort()
+        return web.Response(status=499)
+    transport, leftover, release = taken
+    conn.on_closed = release
+    switch_protocols(
+        transport,
+        upgraded,
+        rid,
         conn,
         runtime.registry,
-        connect_timeout=route.timeout or runtime.snapshot.settings.default_upstream_timeout,
         idle_timeout=route.idle_timeout,
-        verify_tls=not route.settings.tls_skip_verify,
+        leftover=leftover,
     )
+    await conn.closed.wait()
+    return _Switched()
+
+
+class _Switched(web.StreamResponse):
+    """What aiohttp gets back for a relayed WebSocket: the 101 went out on the raw
+    transport, which aiohttp no longer holds, so there is nothing for it to write."""
+
+    def __init__(self) -> None:
+        super().__init__(status=101)
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
 
 
 # Route lookups by (Host header, normalized path) for the table in force. The table is
@@ -340,12 +406,6 @@ def upstream_target(route: Route, path: str, query: str) -> str:
         path = rewrite_path(path, settings.prefix, settings.prefix_rewrite)
     target = route.upstream.raw_path.rstrip("/") + path
     return f"{target}?{query}" if query else target
-
-
-def upstream_url(route: Route, path: str, query: str) -> URL:
-    base = route.upstream
-    target = upstream_target(route, path, query)
-    return URL(f"{base.scheme}://{authority(base)}{target}", encoded=True)
 
 
 def _not_found(request: web.Request, rid: str | None) -> web.Response:

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from proxy.oidc import OidcClient
@@ -34,10 +33,10 @@ class ReloadStatus:
 @dataclass
 class Runtime:
     snapshot: Snapshot
-    http: aiohttp.ClientSession
     oidc: OidcClient | None
     registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
-    # Keep-alive upstream connections, for both request paths (proxy/upstream_link.py).
+    # Keep-alive upstream connections, for both request paths (proxy/upstream_link.py);
+    # WebSocket upgrades connect on their own (proxy/wsrelay.py).
     links: LinkPool = field(default_factory=LinkPool)
     reload: ReloadStatus = field(default_factory=ReloadStatus)
     started: float = field(default_factory=time.time)

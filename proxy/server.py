@@ -242,7 +242,6 @@ def instrument_oidc(oidc: OidcClient) -> OidcClient:
 
 
 def new_http_client(trace: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
-    # limit=0: the default 100-connection cap would make the 101st WebSocket hang.
     # DummyCookieJar: a shared jar would replay one user's upstream cookies for another.
     connector = aiohttp.TCPConnector(
         limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=30
@@ -401,8 +400,8 @@ async def serve(
         log.warning(
             "setting_ignored",
             key="experimental_fast_upstream",
-            detail="the lean upstream client is now the front's (fast_path, on by default); "
-            "requests the full handler serves use aiohttp's client. The key can be deleted.",
+            detail="both request paths now use the lean upstream client; the key can be "
+            "deleted.",
         )
     unknown = unknown_environment(os.environ)
     if unknown:
@@ -419,12 +418,11 @@ async def serve(
             detail="these Pomerium keys have no meaning in clawgate (each route host has "
             "its own /.clawgate/callback); they can be deleted",
         )
-    http = new_http_client()
     # The identity provider gets its own client so its calls can be counted apart.
     idp_http = new_http_client(trace=[metrics.idp_trace()])
     oidc = make_oidc(settings, idp_http)
     runtime = Runtime(
-        snapshot=snapshot, http=http, oidc=instrument_oidc(oidc) if oidc is not None else None
+        snapshot=snapshot, oidc=instrument_oidc(oidc) if oidc is not None else None
     )
     metrics.CONFIG_GENERATION.set(snapshot.generation)
     peers = _join_peers(runtime)
@@ -527,7 +525,6 @@ async def serve(
         for runner in runners:
             await runner.cleanup()
         runtime.links.close()
-        await http.close()
         await idp_http.close()
         if peers is not None:
             peers.close()

@@ -26,6 +26,8 @@ from typing import cast
 import httptools
 import structlog
 
+from proxy import websocket
+from proxy.response_head import NO_EXTRAS, response_head_bytes
 from proxy.upstream_link import UpstreamError
 from proxy.websocket import (
     CLOSE_HANDSHAKE_TIMEOUT,
@@ -373,6 +375,16 @@ def _tokens(value: bytes | None) -> set[bytes]:
     if value is None:
         return set()
     return {t.strip().lower() for t in value.split(b",")}
+
+
+def valid_client_key(key: str | None) -> bool:
+    """RFC 6455 4.2.1: the key is 16 random bytes, base64-encoded."""
+    if key is None:
+        return False
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except ValueError:
+        return False
 
 
 async def open_upstream(
@@ -856,3 +868,40 @@ class RawRelay:
                 transport.abort()
             except Exception:  # noqa: S112 - the other side must still go
                 continue
+
+
+def switch_protocols(
+    client: asyncio.Transport,
+    upgraded: Upgraded,
+    request_id: str,
+    conn: LiveConnection,
+    registry: ConnectionRegistry,
+    *,
+    idle_timeout: float | None,
+    leftover: bytes,
+) -> RawRelay:
+    """The end of every WebSocket upgrade, whichever path admitted it: the client gets
+    the upstream's 101 as it is, but for hop-by-hop headers (``Upgrade`` and
+    ``Connection`` are set again: they are this hop's too), and both transports go to
+    one raw relay. ``leftover`` is what the client sent after its request head."""
+    head = response_head_bytes(
+        101,
+        b"Switching Protocols",
+        upgraded.headers,
+        NO_EXTRAS,
+        request_id,
+        chunked=False,
+        close=False,
+    )
+    client.write(head[:-2] + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    relay = RawRelay(
+        client,
+        upgraded,
+        conn,
+        registry,
+        idle_timeout=idle_timeout,
+        rsv_allowed=upgraded.header(b"sec-websocket-extensions") is not None,
+        max_payload=websocket.MAX_MESSAGE,  # looked up now: tests lower it
+    )
+    relay.start(leftover)
+    return relay
