@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, Final, Literal
 
 from policy.model import Decision, Identity, RequestFacts
@@ -444,6 +444,7 @@ class SourceIP(Node):
 
 _MICROSECOND: Final = timedelta(microseconds=1)
 _SECOND: Final = timedelta(seconds=1)
+_DAY: Final = timedelta(days=1)
 _MIDNIGHT: Final = time()
 
 
@@ -518,37 +519,28 @@ def _offset_change(zone: tzinfo, lo: datetime, hi: datetime, offset: timedelta) 
     return lo + _MICROSECOND
 
 
-def wall_clock_edge(
-    zone: tzinfo, now: datetime, local: datetime, days: int, at: time
-) -> datetime | None:
-    """When the clock in ``zone`` next shows ``at`` on the date ``days`` after ``local``'s,
-    as a UTC instant after ``now``; ``local`` is ``now`` read in ``zone`` and must show an
-    earlier wall time. ``None`` when the moment is beyond what datetime can hold.
+def wall_clock_edge(zone: tzinfo, local: datetime, at: time, tomorrow: bool) -> datetime | None:
+    """The UTC instant at which the clock in ``zone``, showing ``local`` now, next shows ``at``
+    (today's, which must be ahead, or tomorrow's); ``None`` when that is beyond what datetime
+    can hold. Shared by the criteria that read a wall clock.
 
-    The answer is never later than the real moment. zoneinfo maps a wall time that a
-    spring-forward skips (02:30 when clocks jump from 02:00 to 03:00) to an instant *after*
-    the jump, yet the clock passed 02:30 at the jump itself; and a fall-back sets the clock
-    back over times already passed. Both happen only where the zone's UTC offset changes, so
-    when the offset at the answer is not the one at ``now``, the answer is the change itself.
-    That assumes at most one change between ``now`` and the answer: callers ask at most a day
-    ahead, and tzdata (checked 1970-2087) never has two changes of one zone within 6 days.
+    The answer is never later than the real moment, but may be earlier. The clock only runs
+    forward and steadily between changes of the zone's UTC offset, so with the offset of now
+    the clock shows ``at`` at ``edge`` below. At a change the clock jumps: forward over times
+    that never show (02:30 when 02:00 becomes 03:00, which zoneinfo would place *after* the
+    jump, an hour late) or back over times already passed. So when the offset at ``edge`` is
+    not the one of now, the answer is the change itself. That assumes at most one change
+    between now and ``edge``, at most a day ahead: tzdata (checked 1970-2087) never has two
+    changes of one zone within 6 days.
     """
-    now = now.astimezone(UTC)
     offset = local.utcoffset()
+    assert offset is not None  # astimezone always gives an aware time
     try:
-        wall = datetime.combine(local.date() + timedelta(days=days), at)
-        edge = wall.replace(tzinfo=zone).astimezone(UTC)
-        if isinstance(zone, timezone):  # a fixed offset: nothing below can happen
+        day = local.date() + _DAY if tomorrow else local.date()
+        edge = datetime.combine(day, at, UTC) - offset
+        if edge.astimezone(zone).utcoffset() == offset:
             return edge
-        if edge <= now:
-            # Clocks were set back and ``now`` is in the repeated hour, whose first pass
-            # (fold=0) is over: the clock next shows ``wall`` on the second pass.
-            edge = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
-            if edge <= now:  # not for a wall time after ``local``'s; then claim nothing
-                return now + _MICROSECOND
-        if offset is None or edge.astimezone(zone).utcoffset() == offset:
-            return edge
-        return _offset_change(zone, now, edge, offset)
+        return _offset_change(zone, local.astimezone(UTC), edge, offset)
     except OverflowError:
         return None
 
@@ -571,7 +563,7 @@ class DayOfWeek(Node):
             # Only up to the next midnight, even when the next days give the same answer:
             # looking further ahead would need an offset check per day (see wall_clock_edge),
             # and renewing a cached decision once a day costs nothing.
-            edge = wall_clock_edge(self.zone, ctx.facts.now, local, 1, _MIDNIGHT)
+            edge = wall_clock_edge(self.zone, local, _MIDNIGHT, True)
             if edge is not None:
                 ctx.expires(edge)
         return local.weekday() in self.days
@@ -605,20 +597,25 @@ class TimeOfDay(Node):
         self.edges = tuple(edges)
 
     def test(self, ctx: Context, neg: bool) -> bool:
-        now = ctx.facts.now
-        local_now = now.astimezone(self.zone)
+        local_now = ctx.facts.now.astimezone(self.zone)
         local = local_now.time().replace(tzinfo=None)
         # The edge the clock reaches first: today's if still ahead, else tomorrow's. Between
         # offset changes the clock only runs forward; wall_clock_edge covers the changes.
-        days, at = 2, _MIDNIGHT
+        today: time | None = None
+        tomorrow: time | None = None
         for edge in self.edges:
-            ahead = 0 if edge > local else 1
-            if ahead < days or (ahead == days and edge < at):
-                days, at = ahead, edge
-        if days < 2:
-            until = wall_clock_edge(self.zone, now, local_now, days, at)
-            if until is not None:
-                ctx.expires(until)
+            if edge > local:
+                if today is None or edge < today:
+                    today = edge
+            elif tomorrow is None or edge < tomorrow:
+                tomorrow = edge
+        until = None
+        if today is not None:
+            until = wall_clock_edge(self.zone, local_now, today, False)
+        elif tomorrow is not None:
+            until = wall_clock_edge(self.zone, local_now, tomorrow, True)
+        if until is not None:
+            ctx.expires(until)
         return (self.after is None or local > self.after) and (
             self.before is None or local < self.before
         )
