@@ -25,6 +25,7 @@ keep-alive timer; the per-chunk cost is an integer comparison.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -164,6 +165,13 @@ class Guard:
 GiveBack = Callable[[asyncio.Transport, "str | None", bytes], None]
 
 
+# How a request head says where its body ends, as llhttp reads it (names are tokens:
+# an underscore spelling is another header).
+_CODING = re.compile(rb"\ntransfer-encoding[ \t]*:", re.IGNORECASE)
+_LENGTH = re.compile(rb"\ncontent-length[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_DIGITS = re.compile(rb"[ \t]*[0-9]{1,15}[ \t]*")
+
+
 class GuardedHandler(RequestHandler):
     """aiohttp's connection protocol with the limits of :class:`Limits` enforced.
 
@@ -184,6 +192,8 @@ class GuardedHandler(RequestHandler):
         self._head_started = 0.0
         self._read_timers: list[asyncio.TimerHandle] = []
         self._give_back: GiveBack | None = None
+        # Request bodies aiohttp is still reading (see _fail_open_bodies).
+        self._open_bodies: list[Any] = []
         # Everything given to aiohttp's parser so far ended a bodyless request head.
         self._parser_empty = False
 
@@ -235,6 +245,32 @@ class GuardedHandler(RequestHandler):
         if data and self._give_back is not None and self._idle_between_requests():
             self._hand_back(data)
             return
+        # aiohttp's parser drops every request of a read in which a later one is
+        # malformed (or comes after "Connection: close"). Fed one whole request at a
+        # time, the requests before the bad one are answered, as the front answers
+        # them. Where a request's end is not plain from its head (chunked, a length
+        # given twice or oddly), the rest goes in together: a body found malformed in
+        # the same read is then refused before its head is forwarded.
+        start = 0
+        end = data.find(b"\r\n\r\n")
+        while 0 <= end < len(data) - 4:
+            head = data[start : end + 4]
+            stop = end + 4
+            if _CODING.search(head) is not None:
+                break
+            lengths = _LENGTH.findall(head)
+            if lengths:
+                if len(lengths) != 1 or not _DIGITS.fullmatch(lengths[0]):
+                    break
+                stop += int(lengths[0])
+                if stop >= len(data):
+                    break
+            self._received(data[start:stop])
+            start = stop
+            end = data.find(b"\r\n\r\n", start)
+        self._received(data[start:] if start else data)
+
+    def _received(self, data: bytes) -> None:
         if self._busy == 0 and self._head_timer is None and data:
             self._arm_head(self._loop.time())  # first bytes of the next keep-alive request
         before = self._request_count
@@ -255,12 +291,27 @@ class GuardedHandler(RequestHandler):
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
-            if self._limits.read_timeout > 0:
-                for message, payload in list(self._messages)[-parsed:]:
-                    if getattr(message, "upgrade", True) or payload.is_eof():
-                        continue
+            fresh = list(self._messages)[-parsed:]
+            error = getattr(fresh[-1][0], "exc", None) if fresh else None
+            if isinstance(error, Exception):
+                self._fail_open_bodies(error)
+            for message, payload in fresh:
+                if getattr(message, "upgrade", True) or payload.is_eof():
+                    continue
+                self._open_bodies.append(payload)
+                if self._limits.read_timeout > 0:
                     when = self._head_started + self._limits.read_timeout
                     self._read_timers.append(self._loop.call_at(when, self._read_expired, payload))
+
+    def _fail_open_bodies(self, error: Exception) -> None:
+        """aiohttp's parser found the bytes malformed inside a body (a bad chunk) and
+        queued its 400, but leaves the body being read open: whoever reads it (the
+        forwarder, proxy/forward.py) would wait for the read timeout. It fails now, so
+        the exchange ends and its upstream link is cut before a whole request went."""
+        for payload in self._open_bodies:
+            if not payload.is_eof():
+                payload.set_exception(error)
+        self._open_bodies.clear()
 
     async def _handle_request(
         self,
@@ -273,6 +324,7 @@ class GuardedHandler(RequestHandler):
         finally:
             self._busy = max(0, self._busy - 1)
             if self._busy == 0:
+                self._open_bodies.clear()
                 for timer in self._read_timers:
                     timer.cancel()
                 self._read_timers.clear()

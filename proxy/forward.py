@@ -368,7 +368,7 @@ async def _send_body(request: web.BaseRequest, reader: _LinkReader, framing: Fra
                 return False  # cannot happen with aiohttp's parser; never send past it
             else:
                 link.transport.write(piece)
-    except (aiohttp.ClientError, ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+    except Exception:  # any failure to read the client's body: not all of it went
         return False
     if link.closed or link.transport is None:
         return False
@@ -401,6 +401,8 @@ async def forward_http(
     sender = (
         loop.create_task(_send_body(request, reader, up.framing)) if up.framing.has_body else None
     )
+    if sender is not None:
+        sender.add_done_callback(lambda task: _body_ended(task, reader))
     try:
         try:
             head = await asyncio.wait_for(asyncio.shield(reader.head), up.timeout)
@@ -428,6 +430,11 @@ async def forward_http(
             response.enable_chunked_encoding()
         if on_head is not None:
             on_head(response)
+        if not request.content.is_eof():
+            # Answered before the client's body is all here: as the front does, this
+            # connection ends with the response, and no more of that body is read as
+            # anything (aiohttp discards what comes, then closes).
+            response.force_close()
         await response.prepare(request)
         idle = up.idle_timeout
         while True:
@@ -451,8 +458,20 @@ async def forward_http(
         # The upstream answered before it had the whole body: the link is out of step.
         sender.cancel()
         link.broken = True
+    if not request.content.is_eof():
+        response.force_close()
     pool.release(link)
     return response
+
+
+def _body_ended(task: asyncio.Task[bool], reader: _LinkReader) -> None:
+    """A body that could not all go out (the client left, or its chunks were
+    malformed) while no answer has come: the exchange ends now, its link with it, and
+    the upstream never sees a whole request."""
+    if task.cancelled() or reader.head.done():
+        return
+    if task.exception() is not None or not task.result():
+        reader.upstream_failed(UpstreamError(400, "client_body_incomplete"))
 
 
 def _discard(reader: _LinkReader, sender: asyncio.Task[bool] | None) -> None:

@@ -627,7 +627,9 @@ class FrontConnection(asyncio.Protocol):
             error_code=code,
             request_id=ex.rid,
         )
-        close = ex.close_after or ex.body_left > 0 or self._draining
+        # A failed upgrade ends the connection too: the client may already have sent
+        # WebSocket frames behind its head, which must never be read as a request.
+        close = ex.close_after or ex.body_left > 0 or self._draining or ex.websocket
         self._status = exc.status
         if self._transport is not None:
             self._transport.write(
@@ -664,7 +666,10 @@ class FrontConnection(asyncio.Protocol):
         elapsed = time.perf_counter() - self._started
         ex.access_line.emit(self._front.log, ex.rid, self._status, round(elapsed * 1000, 2))
         metrics.front_done(ex.route.name, self._status, elapsed, self._upstream_s)
-        if self._transport is None:
+        if self._transport is None or self._closed:
+            # Closing (Connection: close, a body left unread, shutdown): whatever the
+            # client pipelined behind is never read as a request.
+            self._buf.clear()
             return
         if self._buf:
             self.resume_client_reading(2)

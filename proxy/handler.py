@@ -45,6 +45,17 @@ def is_websocket_upgrade(request: web.BaseRequest, connection: ConnectionOptions
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    response = await _handle(request)
+    if "Upgrade" in request.headers and not isinstance(response, _Switched):
+        # An upgrade not done (refused, failed, or not a WebSocket: Upgrade is hop-by-
+        # hop): the client may already have sent bytes of the other protocol behind the
+        # head, which must never be read as requests. The connection ends with this
+        # answer, on both paths (proxy/front.py closes after its own upgrade errors).
+        response.force_close()
+    return response
+
+
+async def _handle(request: web.Request) -> web.StreamResponse:
     runtime: Runtime = request.app[RUNTIME]
     snap = runtime.snapshot
     rid = request.get(REQUEST_ID)
@@ -156,7 +167,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
         sent = time.perf_counter()
         refreshed = bool(resolved.set_cookies or resolved.clear_cookies)
 
+        # An upgrade to anything but a WebSocket is not done: the connection ends with
+        # this answer (handle()), which must say so in its head.
+        declined_upgrade = "Upgrade" in request.headers
+
         def on_head(response: web.StreamResponse) -> None:
+            if declined_upgrade:
+                response.force_close()
             metrics.observe_upstream(route.name, time.perf_counter() - sent)
             if rid:
                 response.headers.setdefault("X-Request-Id", rid)
@@ -179,7 +196,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     except UpstreamError as exc:
         metrics.upstream_error(route.name, exc.reason)
-        return _upstream_failed(request, exc, rid)
+        failed = _upstream_failed(request, exc, rid)
+        if not request.content.is_eof():
+            # The body is not all here: the connection ends with this answer (as on the
+            # front), so nothing of that body is ever taken for the next request.
+            failed.force_close()
+        return failed
     return response
 
 
@@ -421,6 +443,15 @@ def _not_found(request: web.Request, rid: str | None) -> web.Response:
 
 def _upstream_failed(request: web.Request, exc: UpstreamError, rid: str | None) -> web.Response:
     log.warning("upstream_failed", reason=exc.reason, status=exc.status)
+    if exc.status == 400:
+        return pages.error(
+            request,
+            400,
+            "Bad request",
+            "The request body ended early or was malformed.",
+            error_code="bad_request_body",
+            request_id=rid,
+        )
     if exc.status == 504:
         return pages.error(
             request,
