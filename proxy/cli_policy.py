@@ -71,6 +71,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"  request:  {case.method} {case.url} as {who}")
     print(f"  route:    {route or '(none)'}")
     print(f"  decision: {decision.reason}")
+    # How long the proxy may reuse this answer (proxy/admission.py); a session's expiry
+    # and refresh bound it further at run time.
+    holds = (
+        "no time rule applies"
+        if decision.valid_until is None
+        else (decision.valid_until.isoformat())
+    )
+    print(f"  holds until: {holds}")
     return 0 if decision.allow else 1
 
 

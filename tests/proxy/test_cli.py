@@ -69,6 +69,7 @@ def test_policy_explain(tmp_path: Path) -> None:
     assert allow.returncode == 0
     assert allow.stdout.startswith("ALLOW")
     assert "domain is example.com" in allow.stdout
+    assert "holds until: no time rule applies" in allow.stdout
     deny = run("policy", "explain", "--config", str(config), "--email", "bob@example.com",
                "GET", "https://openclaw.example.com/x/../secret/k")
     assert deny.returncode == 1
