@@ -332,3 +332,44 @@ async def test_a_time_bound_ends_remembered_decisions_and_open_websockets(
             msg = await ws.receive(timeout=5)  # the sweep runs every second
             assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008, msg
         writer.close()
+
+
+async def test_a_body_that_breaks_midway_ends_the_exchange_at_once(
+    fast: bool, tmp_path: Path
+) -> None:
+    """A chunked upload whose chunks turn malformed after its head went upstream: the
+    client gets a 400 now (not after the upstream timeout), the upstream link is cut, and
+    the upstream never parses a whole request."""
+    heads: list[bytes] = []
+
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        heads.append(await r.readuntil(b"\r\n\r\n"))
+        rest = await r.read()  # until clawgate cuts the link
+        heads.append(b"REST:" + rest)
+
+    async with RawUpstream(script) as raw, _gate(raw.url, tmp_path, fast) as gate:
+        cookie = mint_cookie(gate)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=insecure())
+        writer.write(_head(gate, "POST", "/up", cookie, "Transfer-Encoding: chunked\r\n"))
+        writer.write(b"5\r\nhello\r\n")
+        await writer.drain()
+        for _ in range(100):  # the head and first chunk have gone upstream
+            if heads:
+                break
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        writer.write(b"zz-not-a-size\r\n" + SMUGGLED)
+        await writer.drain()
+        reply = await asyncio.wait_for(reader.read(65536), 10)
+        assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+        assert time.monotonic() - started < 10
+        writer.close()
+        for _ in range(100):
+            if len(heads) == 2:
+                break
+            await asyncio.sleep(0.02)
+    assert heads[0].startswith(b"POST /up HTTP/1.1\r\n")
+    assert b"transfer-encoding: chunked" in heads[0].lower()
+    # The link was cut inside the body: the terminating chunk never came.
+    assert heads[1].startswith(b"REST:") and b"0\r\n\r\n" not in heads[1], heads
+    assert b"/smuggled" not in heads[1]
