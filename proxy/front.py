@@ -46,7 +46,7 @@ from proxy.snapshot import HSTS
 from proxy.throttle import Throttle
 from proxy.upstream_link import ResponseHead, UpstreamError, UpstreamLink
 from proxy.websocket import LiveConnection
-from proxy.wsrelay import open_upstream, switch_protocols
+from proxy.wsrelay import open_admitted, switch_protocols
 
 log = structlog.get_logger("clawgate.proxy")
 
@@ -408,9 +408,6 @@ class FrontConnection(asyncio.Protocol):
         """Upgrade at the upstream, answer the client with the upstream's 101, and hand
         both connections to a raw frame relay (proxy/wsrelay.py)."""
         front = self._front
-        host, port, tls, verify = ex.key
-        # Registered before the upstream handshake: a sign-out or policy change while it
-        # runs finds this connection, and the relay closes it as soon as it starts.
         conn = LiveConnection(
             session=ex.session,
             host=ex.host,
@@ -419,26 +416,21 @@ class FrontConnection(asyncio.Protocol):
             valid_until=ex.valid_until,
         )
         registry = front.runtime.registry
-        registry.add(conn)
         try:
-            upgraded = await open_upstream(
-                host,
-                port,
-                ssl_context=front.pool.tls_context(verify) if tls else None,
-                server_hostname=host if tls else None,
+            upgraded = await open_admitted(
+                conn,
+                registry,
+                ex.key,
+                front.pool,
                 request_head=ex.head_bytes,
-                key=ex.ws_key or "",
+                client_key=ex.ws_key or "",
                 timeout=ex.timeout or front.runtime.snapshot.settings.default_upstream_timeout,
             )
         except UpstreamError as exc:
-            registry.discard(conn)
             self._connecting = None
             if self._ex is ex:
                 self._answer_error(exc)
             return
-        except BaseException:
-            registry.discard(conn)
-            raise
         self._connecting = None
         transport = self._transport
         if self._ex is not ex or transport is None or self._closed:

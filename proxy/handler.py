@@ -35,7 +35,7 @@ from proxy.snapshot import Route, Snapshot
 from proxy.throttle import limit_user
 from proxy.upstream_link import PoolKey, UpstreamError
 from proxy.websocket import LiveConnection
-from proxy.wsrelay import open_upstream, switch_protocols, valid_client_key
+from proxy.wsrelay import open_admitted, switch_protocols, valid_client_key
 
 log = structlog.get_logger("clawgate.proxy")
 
@@ -268,26 +268,18 @@ async def _websocket(
         head = request_head("GET", target, headers.items(), NO_BODY, rid)
     except FramingError as exc:
         raise UpstreamError(502, "upstream_error:bad_header") from exc
-    host, port, tls, verify = pool_key(route)
     conn = LiveConnection(
         session=session, host=request.host, path=path, source_ip=ip, valid_until=valid_until
     )
-    # Registered before the upstream handshake: a sign-out or policy change while it
-    # runs finds this connection, and the relay closes it as soon as it starts.
-    runtime.registry.add(conn)
-    try:
-        upgraded = await open_upstream(
-            host,
-            port,
-            ssl_context=runtime.links.tls_context(verify) if tls else None,
-            server_hostname=host if tls else None,
-            request_head=head,
-            key=client_key[0],
-            timeout=route.timeout or runtime.snapshot.settings.default_upstream_timeout,
-        )
-    except BaseException:
-        runtime.registry.discard(conn)
-        raise
+    upgraded = await open_admitted(
+        conn,
+        runtime.registry,
+        pool_key(route),
+        runtime.links,
+        request_head=head,
+        client_key=client_key[0],
+        timeout=route.timeout or runtime.snapshot.settings.default_upstream_timeout,
+    )
     taken = protocol.take_upgraded()
     if taken is None:  # the client left during the handshake
         runtime.registry.discard(conn)

@@ -400,8 +400,7 @@ async def serve(
         log.warning(
             "setting_ignored",
             key="experimental_fast_upstream",
-            detail="both request paths now use the lean upstream client; the key can be "
-            "deleted.",
+            detail="both request paths now use the lean upstream client; the key can be deleted.",
         )
     unknown = unknown_environment(os.environ)
     if unknown:
@@ -421,9 +420,7 @@ async def serve(
     # The identity provider gets its own client so its calls can be counted apart.
     idp_http = new_http_client(trace=[metrics.idp_trace()])
     oidc = make_oidc(settings, idp_http)
-    runtime = Runtime(
-        snapshot=snapshot, oidc=instrument_oidc(oidc) if oidc is not None else None
-    )
+    runtime = Runtime(snapshot=snapshot, oidc=instrument_oidc(oidc) if oidc is not None else None)
     metrics.CONFIG_GENERATION.set(snapshot.generation)
     peers = _join_peers(runtime)
     certs = (

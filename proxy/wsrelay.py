@@ -28,7 +28,7 @@ import structlog
 
 from proxy import websocket
 from proxy.response_head import NO_EXTRAS, response_head_bytes
-from proxy.upstream_link import UpstreamError
+from proxy.upstream_link import LinkPool, PoolKey, UpstreamError
 from proxy.websocket import (
     CLOSE_HANDSHAKE_TIMEOUT,
     GOING_AWAY,
@@ -868,6 +868,37 @@ class RawRelay:
                 transport.abort()
             except Exception:  # noqa: S112 - the other side must still go
                 continue
+
+
+async def open_admitted(
+    conn: LiveConnection,
+    registry: ConnectionRegistry,
+    key: PoolKey,
+    pool: LinkPool,
+    *,
+    request_head: bytes,
+    client_key: str,
+    timeout: float | None,  # noqa: ASYNC109 - passed on to open_upstream's one deadline
+) -> Upgraded:
+    """The upstream handshake of an upgrade either path admitted. ``conn`` is
+    registered first: a sign-out or a policy change while the handshake runs finds it,
+    and the relay closes it as soon as it starts; it leaves the registry again if the
+    handshake fails."""
+    host, port, tls, verify = key
+    registry.add(conn)
+    try:
+        return await open_upstream(
+            host,
+            port,
+            ssl_context=pool.tls_context(verify) if tls else None,
+            server_hostname=host if tls else None,
+            request_head=request_head,
+            key=client_key,
+            timeout=timeout,
+        )
+    except BaseException:
+        registry.discard(conn)
+        raise
 
 
 def switch_protocols(
