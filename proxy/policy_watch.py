@@ -63,10 +63,12 @@ async def sweep_connections(runtime: Runtime) -> None:
         if session is not None and session.sid in runtime.revoked:
             await _close(conn, "signed out")
             continue
-        if session is not None and (
-            session.is_expired(int(clock)) or session.needs_refresh(int(clock))
-        ):
-            continue  # sweep_sessions refreshes it or closes it
+        if session is not None and session.is_expired(int(clock)):
+            await _close(conn, "session expired")
+            continue
+        # A session due for refresh is still decided here (its verdict ends at the
+        # refresh time, so each pass asks again until sweep_sessions has refreshed it):
+        # a time rule's bound must not wait for the refresh.
         if clock >= conn.valid_until:
             reason = _denial(runtime, conn, clock)
             if reason is not None:

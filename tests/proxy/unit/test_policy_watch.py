@@ -122,3 +122,30 @@ def test_still_holds() -> None:
     assert not still_holds(2000.0, session, {}, 2000.0)
     assert not still_holds(2000.0, session, {session.sid: 5000}, 1500.0)
     assert still_holds(float("inf"), None, {"x": 1}, 1e12)
+
+
+async def test_a_time_bound_does_not_wait_for_a_due_refresh(tmp_path: Path) -> None:
+    runtime = _Runtime(_snapshot(tmp_path, [{"deny": ALICE}, {"allow": ALICE}]))
+    now = int(time.time())
+    session = Session.create(
+        sub="sub-alice", email="alice@example.com", email_verified=True, groups=[],
+        claims={}, host=HOST, now=now - 100, lifetime=3600, refresh_at=now - 1,
+        refresh_token=None, id_token=None,
+    )
+    assert session.needs_refresh(now)
+    conn = _conn(runtime, session, time.time() - 1)
+    await sweep_connections(runtime)  # type: ignore[arg-type]
+    assert conn.closing and conn.close_reason.startswith("policy changed: deny")
+
+
+async def test_an_expired_session_is_closed_by_the_next_sweep(tmp_path: Path) -> None:
+    runtime = _Runtime(_snapshot(tmp_path, [{"allow": ALICE}]))
+    now = int(time.time())
+    session = Session.create(
+        sub="sub-alice", email="alice@example.com", email_verified=True, groups=[],
+        claims={}, host=HOST, now=now - 3700, lifetime=3600, refresh_at=now - 1800,
+        refresh_token=None, id_token=None,
+    )
+    conn = _conn(runtime, session, float("inf"))
+    await sweep_connections(runtime)  # type: ignore[arg-type]
+    assert conn.closing and conn.close_reason == "session expired"
