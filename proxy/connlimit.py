@@ -364,12 +364,12 @@ class GuardedHandler(RequestHandler):
         try:
             upgraded, tail = self._upgraded, self._message_tail
             queued, payload_parser = self._messages, self._payload_parser
-            paused = self._buffer_paused
         except AttributeError:  # another aiohttp than the one this was written against
             return None
         if transport is None or not upgraded or queued or payload_parser is not None:
             return None
         self._message_tail = b""
+        paused = getattr(self, "_buffer_paused", False)  # aiohttp pauses a full queue
         key, self._key = self._key, None
         self._cancel_timers()
         # aiohttp lets go as for a lost connection (the request handler is not cancelled:
