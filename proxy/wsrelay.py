@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 PROTOCOL_ERROR = 1002
+INVALID_PAYLOAD = 1007
 MESSAGE_TOO_BIG = 1009
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # A response head larger than this is not a WebSocket handshake worth waiting for.
@@ -179,6 +180,11 @@ class FrameTracker:
             elif self._frag:
                 self._fail(data, pos, PROTOCOL_ERROR, "message interleaved with a fragmented one")
             end = pos + size + length
+            if opcode == 8 and length:
+                if end > n:
+                    # A close frame is checked whole (at most 131 bytes): held until then.
+                    return self._hold(data, pos)
+                self._check_close(data, pos + size, length)
             if end > n:
                 self.need = end - n
                 self._close = opcode == 8
@@ -198,6 +204,23 @@ class FrameTracker:
         self._held = b""
         self.need = 0
         raise exc
+
+    def _check_close(self, data: bytes, start: int, length: int) -> None:
+        """RFC 6455 7.4 and 5.5.1: a close frame's code must be one an endpoint may send,
+        and its reason UTF-8; else the sender is failed (1002 / 1007) and the frame never
+        passes. ``start`` is where the payload begins (the masking key ends there)."""
+        payload = data[start : start + length]
+        if self._mask:
+            key = data[start - 4 : start]
+            payload = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+        code = int.from_bytes(payload[:2], "big")
+        frame = start - (6 if self._mask else 2)  # payloads of 2..125 bytes: a short header
+        if not valid_close_code(code):
+            self._fail(data, frame, PROTOCOL_ERROR, "invalid close code")
+        try:
+            payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            self._fail(data, frame, INVALID_PAYLOAD, "close reason is not UTF-8")
 
     def _check(self, data: bytes, pos: int, b0: int, b1: int, opcode: int, length: int) -> None:
         """The slow path of the header checks: anything but a whole unextended data frame."""
@@ -234,6 +257,13 @@ class FrameTracker:
             self._fail(data, pos, MESSAGE_TOO_BIG, "message too big")
         self._frag = not fin
         self._msg = total if not fin else 0
+
+
+def valid_close_code(code: int) -> bool:
+    """Codes an endpoint may put in a close frame: the defined ones (1004 is reserved,
+    1005, 1006 and 1015 are for reports only, never the wire), and 3000-4999 for
+    libraries and applications."""
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
 
 
 def close_frame(code: int, reason: str, *, masked: bool) -> bytes:

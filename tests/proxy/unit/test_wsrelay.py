@@ -165,6 +165,63 @@ def test_tracker_control_frame_rules() -> None:
     t.feed(frame(9, b"x" * 125) + frame(0xA, b"") + frame(8, b""))
 
 
+VALID_CLOSE_CODES = (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+                     3000, 3999, 4000, 4999)
+INVALID_CLOSE_CODES = (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("code", VALID_CLOSE_CODES)
+def test_tracker_passes_a_valid_close_code_and_reason(masked: bool, code: int) -> None:
+    close = frame(8, code.to_bytes(2, "big") + "bye – ok".encode(), masked=masked)
+    data = frame(1, b"before", masked=masked) + close
+    t = FrameTracker(masked=masked, max_payload=MB)
+    assert t.take(data) == data
+    assert t.saw_close
+
+
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("code", INVALID_CLOSE_CODES)
+def test_tracker_fails_an_invalid_close_code_after_what_came_before(
+    masked: bool, code: int
+) -> None:
+    before = frame(1, b"echo in flight", masked=masked)
+    close = frame(8, code.to_bytes(2, "big") + b"x", masked=masked)
+    with pytest.raises(FrameError) as exc:
+        FrameTracker(masked=masked, max_payload=MB).take(before + close)
+    assert exc.value.code == 1002
+    # What the sender had sent before the bad close still goes through, in order.
+    assert exc.value.settled == before
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_tracker_fails_a_close_reason_that_is_not_utf8(masked: bool) -> None:
+    for reason in (b"\xff", b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80", b"ok\xc0\xaf"):
+        with pytest.raises(FrameError) as exc:
+            FrameTracker(masked=masked, max_payload=MB).take(
+                frame(8, (1000).to_bytes(2, "big") + reason, masked=masked)
+            )
+        assert exc.value.code == 1007
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_tracker_checks_a_close_frame_split_across_reads(masked: bool) -> None:
+    before = frame(2, b"data", masked=masked)
+    good = frame(8, (1000).to_bytes(2, "big") + b"normal", masked=masked)
+    for cut in range(len(before) + 1, len(before) + len(good)):
+        data = before + good
+        t = FrameTracker(masked=masked, max_payload=MB)
+        # Held until whole, then passed on unchanged.
+        assert t.take(data[:cut]) + t.take(data[cut:]) == data
+    bad = frame(8, (1005).to_bytes(2, "big"), masked=masked)
+    for cut in range(1, len(bad)):
+        t = FrameTracker(masked=masked, max_payload=MB)
+        assert t.take(bad[:cut]) == b""
+        with pytest.raises(FrameError) as exc:
+            t.take(bad[cut:])
+        assert exc.value.code == 1002
+
+
 def test_tracker_fragmentation_rules() -> None:
     t = FrameTracker(masked=False, max_payload=MB)
     # A ping may come between the fragments of a message.
