@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -373,3 +374,22 @@ async def test_a_body_that_breaks_midway_ends_the_exchange_at_once(
     # The link was cut inside the body: the terminating chunk never came.
     assert heads[1].startswith(b"REST:") and b"0\r\n\r\n" not in heads[1], heads
     assert b"/smuggled" not in heads[1]
+
+
+async def test_websocket_handshakes_pass_the_upstreams_choices(
+    fast: bool, upstream: Upstream, tmp_path: Path
+) -> None:
+    """Both paths end in the one raw relay: the client's extension offer reaches the
+    upstream, whose 101 (its permessage-deflate answer included) comes back as it is,
+    and compressed messages flow."""
+    async with _gate(upstream.url, tmp_path, fast) as gate:
+        cookie = mint_cookie(gate)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as client:
+            ws = await client.ws_connect(
+                f"{gate.url}/ws", headers={"Cookie": cookie, "Origin": gate.url}, compress=15
+            )
+            assert ws.compress == 15  # negotiated end to end
+            await ws.send_str("headers")
+            sent = json.loads((await ws.receive(timeout=5)).data)
+            assert "permessage-deflate" in sent.get("Sec-WebSocket-Extensions", "")
+            await ws.close()
