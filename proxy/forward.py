@@ -421,6 +421,9 @@ async def forward_http(
     except (UpstreamError, asyncio.CancelledError):
         _discard(reader, sender)
         raise
+    if sender is not None and not (sender.done() and not sender.cancelled() and sender.result()):
+        # Answered before it had the whole body: the link is never reused (as on the front).
+        link.broken = True
     response = web.StreamResponse(status=head.status, reason=head.reason.decode("latin-1") or None)
     try:
         response.headers.update(response_header_list(head.headers, up.response_headers))

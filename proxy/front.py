@@ -501,6 +501,11 @@ class FrontConnection(asyncio.Protocol):
         status = head.status
         self._status = status
         self._upstream_s = time.perf_counter() - self._sent_at
+        if ex.body_left or ex.pending:
+            # Answered before it had the whole body: whether the upstream will still
+            # read the rest by its framing is its own affair, so the link is never
+            # reused (the rest of the body may still go to it, and ends with it).
+            link.broken = True
         if head.chunked:
             link.chunked_out = True  # llhttp hands over de-chunked bytes
         no_body = ex.method == "HEAD" or status in _NO_BODY_STATUS

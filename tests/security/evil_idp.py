@@ -45,7 +45,8 @@ Forge = Callable[["EvilIdP", Grant], str]
 class EvilIdP:
     port: int = field(default_factory=free_port)
     key: rsa.RSAPrivateKey = field(
-        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        default_factory=lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
     kid: str = "k1"
     forge: Forge | None = None
     grants: dict[str, Grant] = field(default_factory=dict)
@@ -60,7 +61,8 @@ class EvilIdP:
     @property
     def public_pem(self) -> bytes:
         return self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
 
     def jwk(self) -> dict[str, Any]:
         data = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -69,37 +71,53 @@ class EvilIdP:
     def claims(self, grant: Grant, **changes: Any) -> dict[str, Any]:
         now = int(time.time())
         base: dict[str, Any] = {
-            "iss": self.issuer, "aud": CLIENT_ID, "sub": "alice", "email": "alice@example.com",
-            "email_verified": True, "iat": now, "exp": now + 300, "nonce": grant.nonce,
+            "iss": self.issuer,
+            "aud": CLIENT_ID,
+            "sub": "alice",
+            "email": "alice@example.com",
+            "email_verified": True,
+            "iat": now,
+            "exp": now + 300,
+            "nonce": grant.nonce,
         }
         base.update(changes)
         return {k: v for k, v in base.items() if v is not None}
 
-    def sign(self, claims: dict[str, Any], *, headers: dict[str, Any] | None = None,
-             key: rsa.RSAPrivateKey | None = None) -> str:
-        return jwt.encode(claims, key or self.key, algorithm="RS256",
-                          headers={"kid": self.kid, **(headers or {})})
+    def sign(
+        self,
+        claims: dict[str, Any],
+        *,
+        headers: dict[str, Any] | None = None,
+        key: rsa.RSAPrivateKey | None = None,
+    ) -> str:
+        return jwt.encode(
+            claims, key or self.key, algorithm="RS256", headers={"kid": self.kid, **(headers or {})}
+        )
 
     @staticmethod
     def unsigned(claims: dict[str, Any], header: dict[str, Any]) -> str:
-        return (_b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode())
-                + ".")
+        return _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(claims).encode()) + "."
 
     @staticmethod
     def hmac_signed(claims: dict[str, Any], secret: bytes, kid: str) -> str:
-        signing_input = (_b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
-                         + "." + _b64(json.dumps(claims).encode()))
+        signing_input = (
+            _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": kid}).encode())
+            + "."
+            + _b64(json.dumps(claims).encode())
+        )
         sig = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
         return signing_input + "." + _b64(sig)
 
     def app(self) -> web.Application:
         async def discovery(request: web.Request) -> web.Response:
-            return web.json_response({
-                "issuer": self.issuer,
-                "authorization_endpoint": f"{self.issuer}/auth",
-                "token_endpoint": f"{self.issuer}/token",
-                "jwks_uri": f"{self.issuer}/jwks",
-            })
+            return web.json_response(
+                {
+                    "issuer": self.issuer,
+                    "authorization_endpoint": f"{self.issuer}/auth",
+                    "token_endpoint": f"{self.issuer}/token",
+                    "jwks_uri": f"{self.issuer}/jwks",
+                }
+            )
 
         async def jwks(request: web.Request) -> web.Response:
             return web.json_response({"keys": [self.jwk()]})
@@ -119,8 +137,9 @@ class EvilIdP:
                 return web.json_response({"error": "invalid_grant"}, status=400)
             assert self.forge is not None
             # Deliberately no single use of codes: the replay defence must be clawgate's own.
-            return web.json_response({"id_token": self.forge(self, grant),
-                                      "token_type": "Bearer", "expires_in": 300})
+            return web.json_response(
+                {"id_token": self.forge(self, grant), "token_type": "Bearer", "expires_in": 300}
+            )
 
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", discovery)

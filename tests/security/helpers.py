@@ -29,8 +29,9 @@ def insecure_tls() -> ssl.SSLContext:
 
 def bare_client(**kwargs: Any) -> aiohttp.ClientSession:
     """No cookie jar, no TLS verification: it sends exactly what it is told to."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False),
-                                 cookie_jar=aiohttp.DummyCookieJar(), **kwargs)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=False), cookie_jar=aiohttp.DummyCookieJar(), **kwargs
+    )
 
 
 def session_cookies(browser: aiohttp.ClientSession) -> dict[str, str]:
@@ -52,11 +53,13 @@ def cleared_cookies(resp: aiohttp.ClientResponse) -> set[str]:
     return cleared
 
 
-async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, tls: bool = True,
-                       read: int = 65536) -> bytes:
+async def raw_exchange(
+    port: int, data: bytes, *, timeout: float = 5.0, tls: bool = True, read: int = 65536
+) -> bytes:
     """Send raw bytes on a fresh connection and return what comes back until close/timeout."""
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=insecure_tls() if tls else None)
+        "127.0.0.1", port, ssl=insecure_tls() if tls else None
+    )
     try:
         writer.write(data)
         await writer.drain()
@@ -81,26 +84,30 @@ def status_of(raw: bytes) -> int | None:
 
 
 @contextlib.asynccontextmanager
-async def gate_for(upstream: Upstream, tmp_path: Path, idp: TestIdP | None = None,
-                   **overrides: Any) -> AsyncIterator[Gate]:
+async def gate_for(
+    upstream: Upstream, tmp_path: Path, idp: TestIdP | None = None, **overrides: Any
+) -> AsyncIterator[Gate]:
     port = free_port()
     if idp is not None:
         register_client(idp, port, hosts=overrides.pop("hosts", ("127.0.0.1",)))
-    async with running_gate(base_config(port, upstream.url, idp=idp, **overrides),
-                            tmp_path) as gate:
+    async with running_gate(
+        base_config(port, upstream.url, idp=idp, **overrides), tmp_path
+    ) as gate:
         yield gate
 
 
-async def sign_in(browser: aiohttp.ClientSession, gate: Gate, user: TestUser = ALICE,
-                  path: str = "/") -> aiohttp.ClientResponse:
+async def sign_in(
+    browser: aiohttp.ClientSession, gate: Gate, user: TestUser = ALICE, path: str = "/"
+) -> aiohttp.ClientResponse:
     resp = await login(browser, f"{gate.url}{path}", user.username, user.password)
     assert session_cookies(browser), "sign-in set no session cookie"
     return resp
 
 
 @contextlib.asynccontextmanager
-async def signed_in_browser(gate: Gate, user: TestUser = ALICE
-                            ) -> AsyncIterator[aiohttp.ClientSession]:
+async def signed_in_browser(
+    gate: Gate, user: TestUser = ALICE
+) -> AsyncIterator[aiohttp.ClientSession]:
     async with client_session() as browser:
         await sign_in(browser, gate, user)
         yield browser

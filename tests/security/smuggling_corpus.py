@@ -41,6 +41,9 @@ ALICE: Final = "alice@example.com"
 WAIT: Final = "wait"  # until a response head (interim or final) arrives, at most 1 s
 CLOSE: Final = "close"  # the client closes its connection
 RECONNECT: Final = "reconnect"  # the client closes and opens a new connection
+# Until this many final responses came on the connection, or it closed, at most 2 s:
+# what a case checks after it then never depends on how fast the machine answers.
+ANSWERED: Final = "answered:"
 
 Step = bytes | float | str
 
@@ -1457,7 +1460,7 @@ def _case(draw: st.DrawFn, index: int) -> Case:
         parts[-1] = last[
             : last.index(b"\r\n\r\n") + 4 + (len(last) - last.index(b"\r\n\r\n") - 4) // 2
         ]
-        parts += [0.15, CLOSE]
+        parts += [0.15, f"{ANSWERED}{len(behaviours) - 1}", CLOSE]
     return b.case(*parts, settle=0.2 if "unsolicited" in behaviours else 0.03)
 
 

@@ -64,8 +64,14 @@ def sound_config(tmp_path: Path) -> dict[str, Any]:
         "idp_client_id": "clawgate",
         "idp_client_secret": "s3cret",
         **certs(tmp_path, days=90),
-        "routes": [{"from": "https://openclaw.example.com", "to": "http://127.0.0.1:18789",
-                    "allow_websockets": True, "allowed_users": ["alice@example.com"]}],
+        "routes": [
+            {
+                "from": "https://openclaw.example.com",
+                "to": "http://127.0.0.1:18789",
+                "allow_websockets": True,
+                "allowed_users": ["alice@example.com"],
+            }
+        ],
     }
 
 
@@ -75,8 +81,9 @@ def test_sound_config_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert [f for f in findings if f["severity"] in ("high", "medium")] == []
 
 
-def test_every_known_weakness_is_reported(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_known_weakness_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = {
         "address": "127.0.0.1:8080",
         "insecure_server": True,
@@ -85,13 +92,24 @@ def test_every_known_weakness_is_reported(tmp_path: Path,
         "idp_client_secret": "s3cret",
         "rate_limits": {"sign_in_per_ip": None},
         "routes": [
-            {"from": "https://openclaw.example.com", "to": "http://127.0.0.1:18789",
-             "allow_websockets": True, "allow_any_authenticated_user": True},
-            {"from": "https://open.example.com", "to": "http://10.0.0.5:18789",
-             "allow_public_unauthenticated_access": True},
-            {"from": "https://docs.example.com", "to": "https://10.0.0.6",
-             "allowed_domains": ["example.com"], "allow_unverified_email": True,
-             "tls_skip_verify": True},
+            {
+                "from": "https://openclaw.example.com",
+                "to": "http://127.0.0.1:18789",
+                "allow_websockets": True,
+                "allow_any_authenticated_user": True,
+            },
+            {
+                "from": "https://open.example.com",
+                "to": "http://10.0.0.5:18789",
+                "allow_public_unauthenticated_access": True,
+            },
+            {
+                "from": "https://docs.example.com",
+                "to": "https://10.0.0.6",
+                "allowed_domains": ["example.com"],
+                "allow_unverified_email": True,
+                "tls_skip_verify": True,
+            },
         ],
     }
     code, findings = audit("--config", str(write(tmp_path, config, mode=0o644)))
@@ -111,8 +129,9 @@ def test_every_known_weakness_is_reported(tmp_path: Path,
     assert text_code == 1 and "[HIGH]" in text and "fix:" in text
 
 
-def test_weak_secret_and_expiring_certificate(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_weak_secret_and_expiring_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = sound_config(tmp_path)
     config["cookie_secret"] = base64.b64encode(b"password" * 4).decode()
     config.update(certs(tmp_path, days=5))
@@ -121,10 +140,12 @@ def test_weak_secret_and_expiring_certificate(tmp_path: Path,
     assert {"cookie_secret[0]", "certificate_file"} <= {f["key"] for f in findings}
     config["cookie_secret"] = SessionCodec.new_secret()
     path = write(tmp_path, config)
-    expired = audit_config(load_snapshot(path), path,
-                           now=dt.datetime.now(dt.UTC) + dt.timedelta(days=30))
+    expired = audit_config(
+        load_snapshot(path), path, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    )
     assert [(f.key, f.severity) for f in expired if f.severity == "high"] == [
-        ("certificate_file", "high")]
+        ("certificate_file", "high")
+    ]
 
 
 def test_invalid_config_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,25 +164,35 @@ async def test_deep_probe_of_a_running_deployment(
         os.chmod(gate.path, 0o600)
         closed = f"http://127.0.0.1:{free_port()}/"
         args = ["--config", str(gate.path), "--deep", "--insecure", "--base-url", gate.url]
-        code, findings = await asyncio.to_thread(
-            audit, *args, "--upstream-probe", closed)
-        deep = [f for f in findings if f["key"] in ("upstream exposure", "jwks")
-                or "unauthenticated" in f["message"]]
+        code, findings = await asyncio.to_thread(audit, *args, "--upstream-probe", closed)
+        deep = [
+            f
+            for f in findings
+            if f["key"] in ("upstream exposure", "jwks") or "unauthenticated" in f["message"]
+        ]
         assert deep == [], deep
         # The test upstream listens where the audit runs: exposed, a high finding.
         code, findings = await asyncio.to_thread(
-            audit, *args, "--upstream-probe", upstream.url + "/")
+            audit, *args, "--upstream-probe", upstream.url + "/"
+        )
         assert code == 1
         assert [f["severity"] for f in findings if f["key"] == "upstream exposure"] == ["high"]
         # clawgate answering without sign-in where the config says it must not (an old
         # process, a different config, something else on the port): the probe notices.
         private = write(tmp_path, gate.config)
-        gate.write({**gate.config, "routes": [{**gate.config["routes"][0], "policy": [
-            {"allow": {"or": [{"accept": True}]}}]}]})
+        gate.write(
+            {
+                **gate.config,
+                "routes": [
+                    {**gate.config["routes"][0], "policy": [{"allow": {"or": [{"accept": True}]}}]}
+                ],
+            }
+        )
         await asyncio.sleep(1.5)  # the running gate picks up the public policy
         code, findings = await asyncio.to_thread(
-            audit, "--config", str(private), "--deep", "--insecure", "--base-url",
-            gate.url)
+            audit, "--config", str(private), "--deep", "--insecure", "--base-url", gate.url
+        )
         assert code == 1
-        assert any("unauthenticated request" in f["message"] and f["severity"] == "high"
-                   for f in findings), findings
+        assert any(
+            "unauthenticated request" in f["message"] and f["severity"] == "high" for f in findings
+        ), findings

@@ -39,18 +39,25 @@ from tests.support.idp import ALICE, TestIdP, TestUser, login
 from tests.support.upstream import Upstream, free_port
 
 # Enough claims to need three cookie chunks.
-BIG = TestUser(sub="big-claims", username="big@example.com", password="big-password",
-               email="big@example.com",
-               groups=tuple(f"team-{i:03d}-engineering-platform" for i in range(90)))
+BIG = TestUser(
+    sub="big-claims",
+    username="big@example.com",
+    password="big-password",
+    email="big@example.com",
+    groups=tuple(f"team-{i:03d}-engineering-platform" for i in range(90)),
+)
 
 
-async def status_with(gate: Gate, cookies: dict[str, str], host: str | None = None,
-                      cleared: bool = True) -> int:
+async def status_with(
+    gate: Gate, cookies: dict[str, str], host: str | None = None, cleared: bool = True
+) -> int:
     headers = {**JSON, "Cookie": cookie_header(cookies)}
     if host is not None:
         headers["Host"] = host
-    async with bare_client() as client, client.get(f"{gate.url}/private", headers=headers,
-                                                   allow_redirects=False) as r:
+    async with (
+        bare_client() as client,
+        client.get(f"{gate.url}/private", headers=headers, allow_redirects=False) as r,
+    ):
         if r.status == 401 and cleared:
             assert COOKIE in cleared_cookies(r), "a refused cookie must be cleared"
         return r.status
@@ -61,8 +68,13 @@ async def chunked_session(gate: Gate, idp: TestIdP) -> dict[str, str]:
     client cookie jar would refuse to send a Cookie header this large)."""
     idp.add_user(BIG)
     async with client_session() as browser:
-        resp = await login(browser, f"{gate.url}/", BIG.username, BIG.password,
-                           stop_at=f"{gate.url}/.clawgate/callback")
+        resp = await login(
+            browser,
+            f"{gate.url}/",
+            BIG.username,
+            BIG.password,
+            stop_at=f"{gate.url}/.clawgate/callback",
+        )
         async with browser.get(resp.headers["Location"], allow_redirects=False) as r:
             assert r.status == 302
             cookies = {}
@@ -90,20 +102,22 @@ async def test_chunked_session_attacks(idp: TestIdP, upstream: Upstream, tmp_pat
 
         attacks = {
             "reordered": {c0: one[c0], c1: one[c2], c2: one[c1], **rest},
-            "first chunk body moved": {c0: f"{n}." + one[c1], c1: one[c0][2:], c2: one[c2],
-                                       **rest},
+            "first chunk body moved": {c0: f"{n}." + one[c1], c1: one[c0][2:], c2: one[c2], **rest},
             "chunk from another session": {**one, c1: two[c1]},
             "tail from another session": {c0: one[c0], **{k: two[k] for k in names[1:]}},
             "chunk missing": {k: v for k, v in one.items() if k != last},
             "middle chunk missing": {k: v for k, v in one.items() if k != c1},
-            "count lowered": {**{k: v for k, v in one.items() if k != last},
-                              c0: f"{n - 1}." + one[c0][2:]},
-            "count raised": {**one, c0: f"{n + 1}." + one[c0][2:],
-                             f"{COOKIE}_{n}": one[c2]},
+            "count lowered": {
+                **{k: v for k, v in one.items() if k != last},
+                c0: f"{n - 1}." + one[c0][2:],
+            },
+            "count raised": {**one, c0: f"{n + 1}." + one[c0][2:], f"{COOKIE}_{n}": one[c2]},
             "chunks joined into one": {c0: "".join([one[c0][2:], *(one[k] for k in names[1:])])},
             "chunk truncated": {**one, c1: one[c1][:-8]},
-            "chunk byte flipped": {**one, c1: one[c1][:100] + ("A" if one[c1][100] != "A"
-                                                               else "B") + one[c1][101:]},
+            "chunk byte flipped": {
+                **one,
+                c1: one[c1][:100] + ("A" if one[c1][100] != "A" else "B") + one[c1][101:],
+            },
         }
         for name, cookies in attacks.items():
             assert await status_with(gate, cookies) == 401, name
@@ -119,9 +133,18 @@ async def test_single_cookie_forgeries(idp: TestIdP, upstream: Upstream, tmp_pat
 
         def forged(codec: SessionCodec, *, issued: int, lifetime: int) -> str:
             session = Session.create(
-                sub=ALICE.sub, email=ALICE.email, email_verified=True, groups=["admins"],
-                claims={}, host=host, now=issued, lifetime=lifetime, refresh_at=now + 3600,
-                refresh_token=None, id_token=None)
+                sub=ALICE.sub,
+                email=ALICE.email,
+                email_verified=True,
+                groups=["admins"],
+                claims={},
+                host=host,
+                now=issued,
+                lifetime=lifetime,
+                refresh_at=now + 3600,
+                refresh_token=None,
+                id_token=None,
+            )
             return codec.encode(session)[0][1]
 
         ours = SessionCodec([SessionCodec.parse_secret(COOKIE_SECRET)], COOKIE)
@@ -171,15 +194,25 @@ async def test_session_does_not_travel_to_another_route_host(
 async def test_oversized_cookie_header_gets_431_and_server_lives(
     upstream: Upstream, tmp_path: Path, size: int
 ) -> None:
-    async with gate_for(upstream, tmp_path, None, route={
-        "allow_public_unauthenticated_access": True, "policy": None}) as gate:
-        request = (f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\nCookie: {COOKIE}="
-                   ).encode() + b"A" * size + b"\r\n\r\n"
+    async with gate_for(
+        upstream,
+        tmp_path,
+        None,
+        route={"allow_public_unauthenticated_access": True, "policy": None},
+    ) as gate:
+        request = (
+            (f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\nCookie: {COOKIE}=").encode()
+            + b"A" * size
+            + b"\r\n\r\n"
+        )
         raw = await raw_exchange(gate.port, request)
         assert status_of(raw) == 431, raw[:200]
         assert b"AAAAAAAA" not in raw  # the offending bytes are not echoed back
-        many = (f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\n").encode() + b"".join(
-            b"X-H%d: v\r\n" % i for i in range(300)) + b"\r\n"
+        many = (
+            (f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\n").encode()
+            + b"".join(b"X-H%d: v\r\n" % i for i in range(300))
+            + b"\r\n"
+        )
         assert status_of(await raw_exchange(gate.port, many)) == 431
         long_target = b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         assert status_of(await raw_exchange(gate.port, long_target)) == 414

@@ -43,14 +43,17 @@ def test_retry_after_is_whole_seconds_never_zero() -> None:
     assert retry_after_header(1.2) == "2"
 
 
-@pytest.mark.parametrize(("address", "key"), [
-    ("192.0.2.7", "192.0.2.7"),
-    ("2001:db8::1", "2001:db8::/64"),
-    ("2001:db8::ffff:1", "2001:db8::/64"),
-    ("2001:db8:0:1::1", "2001:db8:0:1::/64"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),
-    ("not an address", "not an address"),
-])
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8::1", "2001:db8::/64"),
+        ("2001:db8::ffff:1", "2001:db8::/64"),
+        ("2001:db8:0:1::1", "2001:db8:0:1::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("not an address", "not an address"),
+    ],
+)
 def test_address_keys(address: str, key: str) -> None:
     assert address_key(address) == key
 

@@ -38,9 +38,16 @@ async def evil() -> AsyncIterator[EvilIdP]:
 @pytest.fixture
 async def evil_gate(evil: EvilIdP, upstream: Upstream, tmp_path: Path) -> AsyncIterator[Gate]:
     port = free_port()
-    config = base_config(port, upstream.url, idp=None, idp_provider_url=evil.issuer,
-                         idp_client_id=CLIENT_ID, idp_client_secret=CLIENT_SECRET,
-                         idp_scopes=["openid", "email"], idp_clock_leeway="60s")
+    config = base_config(
+        port,
+        upstream.url,
+        idp=None,
+        idp_provider_url=evil.issuer,
+        idp_client_id=CLIENT_ID,
+        idp_client_secret=CLIENT_SECRET,
+        idp_scopes=["openid", "email"],
+        idp_clock_leeway="60s",
+    )
     async with running_gate(config, tmp_path) as gate:
         yield gate
 
@@ -51,8 +58,10 @@ def has_session(browser: aiohttp.ClientSession) -> bool:
 
 async def attempt(gate: Gate) -> tuple[int, str, bool]:
     """One browser sign-in through the evil provider: (final status, body, got a session)."""
-    async with client_session() as browser, browser.get(
-            f"{gate.url}/.clawgate/sign_in?redirect_uri=/landed", headers=HTML) as r:
+    async with (
+        client_session() as browser,
+        browser.get(f"{gate.url}/.clawgate/sign_in?redirect_uri=/landed", headers=HTML) as r,
+    ):
         return r.status, await r.text(), has_session(browser)
 
 
@@ -67,31 +76,38 @@ FORGERIES: dict[str, Callable[[EvilIdP, Grant], str]] = {
     "alg none, no kid": lambda idp, g: idp.unsigned(idp.claims(g), {"alg": "none"}),
     "alg None spelled oddly": lambda idp, g: idp.unsigned(idp.claims(g), {"alg": "nOnE"}),
     "HS256 keyed with the public key PEM": hs256_confusion(lambda idp: idp.public_pem),
-    "HS256 keyed with the JWK JSON": hs256_confusion(
-        lambda idp: json.dumps(idp.jwk()).encode()),
+    "HS256 keyed with the JWK JSON": hs256_confusion(lambda idp: json.dumps(idp.jwk()).encode()),
     "HS256 keyed with the modulus": hs256_confusion(
-        lambda idp: base64.urlsafe_b64decode(idp.jwk()["n"] + "==")),
+        lambda idp: base64.urlsafe_b64decode(idp.jwk()["n"] + "==")
+    ),
     "signed by another key, same kid": lambda idp, g: idp.sign(idp.claims(g), key=STRANGER),
-    "unknown kid": lambda idp, g: idp.sign(idp.claims(g), headers={"kid": "nope"},
-                                           key=STRANGER),
+    "unknown kid": lambda idp, g: idp.sign(idp.claims(g), headers={"kid": "nope"}, key=STRANGER),
     "signature stripped": lambda idp, g: idp.sign(idp.claims(g)).rsplit(".", 1)[0] + ".",
-    "payload swapped after signing": lambda idp, g: ".".join([
-        idp.sign(idp.claims(g)).split(".")[0],
-        base64.urlsafe_b64encode(json.dumps(idp.claims(g, sub="root")).encode())
-        .rstrip(b"=").decode(),
-        idp.sign(idp.claims(g)).split(".")[2]]),
+    "payload swapped after signing": lambda idp, g: ".".join(
+        [
+            idp.sign(idp.claims(g)).split(".")[0],
+            base64.urlsafe_b64encode(json.dumps(idp.claims(g, sub="root")).encode())
+            .rstrip(b"=")
+            .decode(),
+            idp.sign(idp.claims(g)).split(".")[2],
+        ]
+    ),
     "wrong issuer": lambda idp, g: idp.sign(idp.claims(g, iss="https://evil.example")),
     "issuer with trailing slash": lambda idp, g: idp.sign(idp.claims(g, iss=idp.issuer + "/")),
     "wrong audience": lambda idp, g: idp.sign(idp.claims(g, aud="another-client")),
     "audience list without us": lambda idp, g: idp.sign(idp.claims(g, aud=["a", "b"])),
     "several audiences, azp another client": lambda idp, g: idp.sign(
-        idp.claims(g, aud=[CLIENT_ID, "other"], azp="other")),
-    "expired beyond leeway": lambda idp, g: idp.sign(idp.claims(g, iat=NOW - 7200,
-                                                                exp=int(time.time()) - 120)),
+        idp.claims(g, aud=[CLIENT_ID, "other"], azp="other")
+    ),
+    "expired beyond leeway": lambda idp, g: idp.sign(
+        idp.claims(g, iat=NOW - 7200, exp=int(time.time()) - 120)
+    ),
     "issued in the future beyond leeway": lambda idp, g: idp.sign(
-        idp.claims(g, iat=int(time.time()) + 3600, exp=int(time.time()) + 7200)),
+        idp.claims(g, iat=int(time.time()) + 3600, exp=int(time.time()) + 7200)
+    ),
     "not valid before a future time": lambda idp, g: idp.sign(
-        idp.claims(g, nbf=int(time.time()) + 3600)),
+        idp.claims(g, nbf=int(time.time()) + 3600)
+    ),
     "no exp": lambda idp, g: idp.sign(idp.claims(g, exp=None)),
     "no iat": lambda idp, g: idp.sign(idp.claims(g, iat=None)),
     "no sub": lambda idp, g: idp.sign(idp.claims(g, sub=None)),
@@ -117,14 +133,15 @@ async def test_forged_id_token_is_refused(
     status, body, session = await attempt(evil_gate)
     assert status == 401, (name, status, body[:300])
     assert "Sign-in failed" in body
-    assert "Traceback" not in body and "File \"" not in body
+    assert "Traceback" not in body and 'File "' not in body
     assert not session
     assert upstream.seen.requests == []
     assert evil.token_requests == 1
 
 
-async def test_replayed_nonce_is_refused(evil: EvilIdP, evil_gate: Gate,
-                                         upstream: Upstream) -> None:
+async def test_replayed_nonce_is_refused(
+    evil: EvilIdP, evil_gate: Gate, upstream: Upstream
+) -> None:
     evil.forge = lambda idp, g: idp.sign(idp.claims(g))
     assert (await attempt(evil_gate))[0] == 200
     first_nonce = evil.nonces[0]
@@ -138,13 +155,15 @@ async def test_replayed_nonce_is_refused(evil: EvilIdP, evil_gate: Gate,
 
 async def _callback_and_login_cookie(gate: Gate) -> tuple[str, str]:
     async with client_session() as browser:
-        async with browser.get(f"{gate.url}/.clawgate/sign_in", headers=HTML,
-                               allow_redirects=False) as r:
+        async with browser.get(
+            f"{gate.url}/.clawgate/sign_in", headers=HTML, allow_redirects=False
+        ) as r:
             to_idp = r.headers["Location"]
         async with browser.get(to_idp, allow_redirects=False) as r:
             callback = r.headers["Location"]
-        login_cookie = cookie_header({c.key: c.value for c in browser.cookie_jar
-                                      if c.key.startswith(f"{COOKIE}_login_")})
+        login_cookie = cookie_header(
+            {c.key: c.value for c in browser.cookie_jar if c.key.startswith(f"{COOKIE}_login_")}
+        )
     return callback, login_cookie
 
 
@@ -157,9 +176,11 @@ async def test_replayed_and_mismatched_state_are_refused(
     callback, login_cookie = await _callback_and_login_cookie(evil_gate)
     other_callback, other_cookie = await _callback_and_login_cookie(evil_gate)
     async with bare_client() as client:
+
         async def call(url: str, cookie: str) -> aiohttp.ClientResponse:
-            async with client.get(url, headers={**HTML, "Cookie": cookie},
-                                  allow_redirects=False) as r:
+            async with client.get(
+                url, headers={**HTML, "Cookie": cookie}, allow_redirects=False
+            ) as r:
                 await r.read()
                 return r
 
@@ -186,20 +207,41 @@ async def test_code_issued_to_another_client_is_refused(
         other_redirect = f"https://127.0.0.1:{gate.port}/other-app/callback"
         idp.add_client("other-app", "other-secret", [other_redirect])
         verifier = secrets.token_urlsafe(48)
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()
-                                             ).rstrip(b"=").decode()
-        resp = await login(browser, f"{idp.issuer}/auth?" + urlencode({
-            "client_id": "other-app", "response_type": "code", "redirect_uri": other_redirect,
-            "scope": "openid email", "state": "s" * 20, "nonce": "n" * 20,
-            "code_challenge": challenge, "code_challenge_method": "S256",
-        }), ALICE.username, ALICE.password, stop_at=other_redirect)
+        challenge = (
+            base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            .rstrip(b"=")
+            .decode()
+        )
+        resp = await login(
+            browser,
+            f"{idp.issuer}/auth?"
+            + urlencode(
+                {
+                    "client_id": "other-app",
+                    "response_type": "code",
+                    "redirect_uri": other_redirect,
+                    "scope": "openid email",
+                    "state": "s" * 20,
+                    "nonce": "n" * 20,
+                    "code_challenge": challenge,
+                    "code_challenge_method": "S256",
+                }
+            ),
+            ALICE.username,
+            ALICE.password,
+            stop_at=other_redirect,
+        )
         foreign_code = resp.headers["Location"].split("code=")[1].split("&")[0]
         # A genuine clawgate sign-in attempt (state + login cookie), fed the foreign code.
-        async with browser.get(f"{gate.url}/.clawgate/sign_in", headers=HTML,
-                               allow_redirects=False) as r:
+        async with browser.get(
+            f"{gate.url}/.clawgate/sign_in", headers=HTML, allow_redirects=False
+        ) as r:
             state = r.headers["Location"].split("state=")[1].split("&")[0]
-        async with browser.get(f"{gate.url}/.clawgate/callback?code={foreign_code}"
-                               f"&state={state}", headers=HTML, allow_redirects=False) as r:
+        async with browser.get(
+            f"{gate.url}/.clawgate/callback?code={foreign_code}&state={state}",
+            headers=HTML,
+            allow_redirects=False,
+        ) as r:
             body = await r.text()
             assert r.status == 401, body
             assert "Sign-in failed" in body and "Traceback" not in body
@@ -212,8 +254,13 @@ async def test_idp_error_and_no_login_in_progress(
 ) -> None:
     async with bare_client() as client:
         cb = f"{evil_gate.url}/.clawgate/callback"
-        query = urlencode({"error": "access_denied", "state": "S" * 43,
-                           "error_description": "<script>alert(1)</script>\r\nSet-Cookie: x=1"})
+        query = urlencode(
+            {
+                "error": "access_denied",
+                "state": "S" * 43,
+                "error_description": "<script>alert(1)</script>\r\nSet-Cookie: x=1",
+            }
+        )
         async with client.get(f"{cb}?{query}", headers=HTML) as r:
             body = await r.text()
             assert r.status == 401

@@ -81,8 +81,10 @@ def assert_same_host(gate: Gate, location: str) -> None:
 async def test_sign_in_return_targets_stay_on_host(
     idp: TestIdP, upstream: Upstream, tmp_path: Path
 ) -> None:
-    async with gate_for(upstream, tmp_path, idp, rate_limits=NO_SIGN_IN_LIMIT) as gate, \
-            client_session() as browser:
+    async with (
+        gate_for(upstream, tmp_path, idp, rate_limits=NO_SIGN_IN_LIMIT) as gate,
+        client_session() as browser,
+    ):
         await login(browser, f"{gate.url}/", ALICE.username, ALICE.password)
         callback = f"{gate.url}/.clawgate/callback"
         for form in FORMS:
@@ -103,16 +105,26 @@ async def test_anonymous_request_paths_never_redirect_off_host(
     idp: TestIdP, upstream: Upstream, tmp_path: Path
 ) -> None:
     async with gate_for(upstream, tmp_path, idp) as gate, client_session() as browser:
-        for raw in (f"//{EVIL}/", f"//{EVIL}/%2e%2e", f"/x?next=//{EVIL}", f"/%2f%2f{EVIL}",
-                    f"/.//{EVIL}", f"/x/..//{EVIL}"):
-            async with browser.get(f"{gate.url}{raw}", headers=HTML,
-                                   allow_redirects=False) as r:
+        for raw in (
+            f"//{EVIL}/",
+            f"//{EVIL}/%2e%2e",
+            f"/x?next=//{EVIL}",
+            f"/%2f%2f{EVIL}",
+            f"/.//{EVIL}",
+            f"/x/..//{EVIL}",
+        ):
+            async with browser.get(f"{gate.url}{raw}", headers=HTML, allow_redirects=False) as r:
                 if r.status == 400:
                     continue
                 assert r.status == 302, raw
                 assert r.headers["Location"].startswith(idp.issuer)
-            resp = await login(browser, f"{gate.url}{raw}", ALICE.username, ALICE.password,
-                               stop_at=f"{gate.url}/.clawgate/callback")
+            resp = await login(
+                browser,
+                f"{gate.url}{raw}",
+                ALICE.username,
+                ALICE.password,
+                stop_at=f"{gate.url}/.clawgate/callback",
+            )
             async with browser.get(resp.headers["Location"], allow_redirects=False) as r:
                 assert_same_host(gate, r.headers["Location"])
             browser.cookie_jar.clear(lambda c: c.key.startswith("__Host-_clawgate"))
@@ -123,16 +135,22 @@ async def test_sign_out_ignores_return_targets(
 ) -> None:
     async with gate_for(upstream, tmp_path, idp) as gate, client_session() as browser:
         await login(browser, f"{gate.url}/", ALICE.username, ALICE.password)
-        evil_params = (f"redirect_uri=https://{EVIL}&post_logout_redirect_uri=https://{EVIL}"
-                       f"&return_to=//{EVIL}")
-        async with browser.get(f"{gate.url}/.clawgate/sign_out?{evil_params}",
-                               allow_redirects=False) as r:
+        evil_params = (
+            f"redirect_uri=https://{EVIL}&post_logout_redirect_uri=https://{EVIL}"
+            f"&return_to=//{EVIL}"
+        )
+        async with browser.get(
+            f"{gate.url}/.clawgate/sign_out?{evil_params}", allow_redirects=False
+        ) as r:
             assert r.status == 200 and "Location" not in r.headers
         async with browser.get(f"{gate.url}/.clawgate/user") as r:
             csrf = (await r.json())["csrf"]
-        async with browser.post(f"{gate.url}/.clawgate/sign_out?{evil_params}",
-                                data={"csrf": csrf, "redirect_uri": f"https://{EVIL}"},
-                                headers={"Origin": gate.url}, allow_redirects=False) as r:
+        async with browser.post(
+            f"{gate.url}/.clawgate/sign_out?{evil_params}",
+            data={"csrf": csrf, "redirect_uri": f"https://{EVIL}"},
+            headers={"Origin": gate.url},
+            allow_redirects=False,
+        ) as r:
             assert r.status == 302
             location = r.headers["Location"]
         target = urlsplit(location)
@@ -144,25 +162,48 @@ async def test_sign_out_ignores_return_targets(
             assert_same_host(gate, location)
 
 
-@pytest.mark.parametrize("host", [EVIL, f"127.0.0.1@{EVIL}", f"{EVIL}/x", f"{EVIL}\\x",
-                                  f"a b.{EVIL}", f"{EVIL}:443", "127.0.0.1.evil.example"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        EVIL,
+        f"127.0.0.1@{EVIL}",
+        f"{EVIL}/x",
+        f"{EVIL}\\x",
+        f"a b.{EVIL}",
+        f"{EVIL}:443",
+        "127.0.0.1.evil.example",
+    ],
+)
 async def test_http_redirect_listener_only_sends_to_route_origins(
     upstream: Upstream, tmp_path: Path, host: str
 ) -> None:
     from tests.support.upstream import free_port
 
     plain = free_port()
-    async with gate_for(upstream, tmp_path, None, http_redirect_addr=f"127.0.0.1:{plain}",
-                        route={"allow_public_unauthenticated_access": True,
-                               "policy": None}) as gate:
-        hostile = await raw_exchange(plain, f"GET /p HTTP/1.1\r\nHost: {host}\r\n"
-                                     "Connection: close\r\n\r\n".encode(), tls=False)
+    async with gate_for(
+        upstream,
+        tmp_path,
+        None,
+        http_redirect_addr=f"127.0.0.1:{plain}",
+        route={"allow_public_unauthenticated_access": True, "policy": None},
+    ) as gate:
+        hostile = await raw_exchange(
+            plain,
+            f"GET /p HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode(),
+            tls=False,
+        )
         assert status_of(hostile) in (400, 404), hostile[:300]
         assert b"\r\nLocation:" not in hostile.split(b"\r\n\r\n")[0]
-        own = await raw_exchange(plain, f"GET //{EVIL}/p?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                 "Connection: close\r\n\r\n".encode(), tls=False)
+        own = await raw_exchange(
+            plain,
+            f"GET //{EVIL}/p?q=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode(),
+            tls=False,
+        )
         head = own.split(b"\r\n\r\n")[0].decode("latin-1")
         assert status_of(own) == 301, head
-        location = next(line.split(":", 1)[1].strip() for line in head.split("\r\n")
-                        if line.lower().startswith("location:"))
+        location = next(
+            line.split(":", 1)[1].strip()
+            for line in head.split("\r\n")
+            if line.lower().startswith("location:")
+        )
         assert browser_resolves(gate.url, location) == (f"127.0.0.1:{gate.port}", "https")

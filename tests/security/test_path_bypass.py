@@ -22,15 +22,52 @@ from tests.support.idp import TestIdP
 from tests.support.upstream import Upstream, free_port
 
 ADMIN_FORMS = [
-    "/admin", "/admin/", "/admin/users", "//admin", "///admin/users", "/./admin",
-    "/x/../admin", "/x/./../admin/", "/x/%2e%2e/admin", "/x/%2E%2E/admin", "/%2e/admin",
-    "/x/.%2e/admin", "/x/%2e./admin", "/%61dmin", "/adm%69n/users", "/%41dmin",
-    "/admin%2fusers", "/admin%2Fusers", "/x%2f..%2fadmin", "/x/..%2fadmin", "/admin;x=1",
-    "/admin..;/", "/..;/admin", "/x/..;/admin", "/x/;/../admin", "/admin%00", "/admin%20",
-    "/admin%09", "/admin\\", "/x\\..\\admin", "/%5cadmin", "/x/%5c../admin", "/admin#x",
-    "/admin?x=1", "/x/..", "/x/../../admin", "/../admin", "/%2e%2e/admin", "/%252e%252e/admin",
-    "/%2561dmin", "/%C0%AE%C0%AE/admin", "/admin/%2e%2e/admin", "/a/b/../../admin/",
-    "/admin%23", "/admin%3f", "/.admin/../admin",
+    "/admin",
+    "/admin/",
+    "/admin/users",
+    "//admin",
+    "///admin/users",
+    "/./admin",
+    "/x/../admin",
+    "/x/./../admin/",
+    "/x/%2e%2e/admin",
+    "/x/%2E%2E/admin",
+    "/%2e/admin",
+    "/x/.%2e/admin",
+    "/x/%2e./admin",
+    "/%61dmin",
+    "/adm%69n/users",
+    "/%41dmin",
+    "/admin%2fusers",
+    "/admin%2Fusers",
+    "/x%2f..%2fadmin",
+    "/x/..%2fadmin",
+    "/admin;x=1",
+    "/admin..;/",
+    "/..;/admin",
+    "/x/..;/admin",
+    "/x/;/../admin",
+    "/admin%00",
+    "/admin%20",
+    "/admin%09",
+    "/admin\\",
+    "/x\\..\\admin",
+    "/%5cadmin",
+    "/x/%5c../admin",
+    "/admin#x",
+    "/admin?x=1",
+    "/x/..",
+    "/x/../../admin",
+    "/../admin",
+    "/%2e%2e/admin",
+    "/%252e%252e/admin",
+    "/%2561dmin",
+    "/%C0%AE%C0%AE/admin",
+    "/admin/%2e%2e/admin",
+    "/a/b/../../admin/",
+    "/admin%23",
+    "/admin%3f",
+    "/.admin/../admin",
 ]
 CASE_FORMS = ["/ADMIN", "/Admin/users", "/aDmIn"]
 
@@ -56,8 +93,10 @@ async def probe(port: int, path: str) -> int | None:
 async def test_path_policy_cannot_be_bypassed(
     idp: TestIdP, upstream: Upstream, tmp_path: Path
 ) -> None:
-    policy = [{"allow": {"or": [{"accept": True}]}},
-              {"deny": {"or": [{"http_path": {"starts_with": "/admin"}}]}}]
+    policy = [
+        {"allow": {"or": [{"accept": True}]}},
+        {"deny": {"or": [{"http_path": {"starts_with": "/admin"}}]}},
+    ]
     async with gate_for(upstream, tmp_path, idp, route={"policy": policy}) as gate:
         for form in ADMIN_FORMS:
             upstream.seen.requests.clear()
@@ -86,10 +125,17 @@ async def test_admin_route_cannot_be_reached_through_the_public_route(
         register_client(idp, port)
         config = base_config(port, upstream.url, idp=idp)
         config["routes"] = [
-            {"from": f"https://127.0.0.1:{port}", "to": admin.url, "prefix": "/admin",
-             "policy": [{"allow": {"or": [{"reject": True}]}}]},
-            {"from": f"https://127.0.0.1:{port}", "to": upstream.url,
-             "allow_public_unauthenticated_access": True},
+            {
+                "from": f"https://127.0.0.1:{port}",
+                "to": admin.url,
+                "prefix": "/admin",
+                "policy": [{"allow": {"or": [{"reject": True}]}}],
+            },
+            {
+                "from": f"https://127.0.0.1:{port}",
+                "to": upstream.url,
+                "allow_public_unauthenticated_access": True,
+            },
         ]
         async with running_gate(config, tmp_path) as gate:
             for form in ADMIN_FORMS:

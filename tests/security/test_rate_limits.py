@@ -29,9 +29,16 @@ async def statuses(client, url: str, n: int, headers: dict[str, str] | None = No
 
 async def test_sign_in_endpoints_per_ip(idp: TestIdP, upstream: Upstream, tmp_path: Path) -> None:
     limits = {"sign_in_per_ip": {"rate": 0.5, "burst": 3}}
-    async with gate_for(upstream, tmp_path, idp, rate_limits=limits,
-                        route={"allow_public_unauthenticated_access": True,
-                               "policy": None}) as gate, bare_client() as client:
+    async with (
+        gate_for(
+            upstream,
+            tmp_path,
+            idp,
+            rate_limits=limits,
+            route={"allow_public_unauthenticated_access": True, "policy": None},
+        ) as gate,
+        bare_client() as client,
+    ):
         sign_in = f"{gate.url}/.clawgate/sign_in"
         assert await statuses(client, sign_in, 3, HTML) == [302, 302, 302]
         # Spelled differently, still the sign-in endpoint, still the same bucket.
@@ -47,8 +54,10 @@ async def test_sign_in_endpoints_per_ip(idp: TestIdP, upstream: Upstream, tmp_pa
 
 async def test_proxied_traffic_per_ip_and_trusted_hops(upstream: Upstream, tmp_path: Path) -> None:
     limits = {"sign_in_per_ip": None, "proxy_per_ip": {"rate": 2, "burst": 4}}
-    async with gate_for(upstream, tmp_path, None, rate_limits=limits,
-                        route=PUBLIC_ROUTE) as gate, bare_client() as client:
+    async with (
+        gate_for(upstream, tmp_path, None, rate_limits=limits, route=PUBLIC_ROUTE) as gate,
+        bare_client() as client,
+    ):
         url = f"{gate.url}/app"
         # Without trusted hops a forged X-Forwarded-For is just noise: one bucket.
         got = []
@@ -58,8 +67,12 @@ async def test_proxied_traffic_per_ip_and_trusted_hops(upstream: Upstream, tmp_p
         upstream.seen.requests.clear()
         await asyncio.sleep(0.6)  # 2 per second: one token back
         assert await statuses(client, url, 2) == [200, 429]
-    async with gate_for(upstream, tmp_path, None, rate_limits=limits, xff_num_trusted_hops=1,
-                        route=PUBLIC_ROUTE) as gate, bare_client() as client:
+    async with (
+        gate_for(
+            upstream, tmp_path, None, rate_limits=limits, xff_num_trusted_hops=1, route=PUBLIC_ROUTE
+        ) as gate,
+        bare_client() as client,
+    ):
         url = f"{gate.url}/app"
         a = {**JSON, "X-Forwarded-For": "198.51.100.1"}
         b = {**JSON, "X-Forwarded-For": "spoofed, 198.51.100.2"}

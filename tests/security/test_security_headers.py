@@ -21,6 +21,7 @@ PUBLIC = {"allow_public_unauthenticated_access": True, "policy": None}
 @pytest.fixture
 async def header_upstream() -> AsyncIterator[str]:
     """Answers with every query parameter as a response header."""
+
     async def handler(request: web.Request) -> web.Response:
         return web.Response(text="ok", headers=dict(request.query))
 
@@ -44,9 +45,14 @@ async def test_defaults_on_proxied_responses(header_upstream: str, tmp_path: Pat
             assert r.headers["X-Content-Type-Options"] == "nosniff"
             assert r.headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
         # The upstream's own stricter choice survives the defaults.
-        async with client.get(f"{gate.url}/", params={
-                "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
-                "Strict-Transport-Security": "max-age=63072000; preload"}) as r:
+        async with client.get(
+            f"{gate.url}/",
+            params={
+                "X-Frame-Options": "DENY",
+                "Referrer-Policy": "no-referrer",
+                "Strict-Transport-Security": "max-age=63072000; preload",
+            },
+        ) as r:
             assert r.headers["X-Frame-Options"] == "DENY"
             assert r.headers["Referrer-Policy"] == "no-referrer"
             assert r.headers["Strict-Transport-Security"] == "max-age=63072000; preload"
@@ -55,12 +61,21 @@ async def test_defaults_on_proxied_responses(header_upstream: str, tmp_path: Pat
 
 async def test_route_overrides(header_upstream: str, tmp_path: Path) -> None:
     port = free_port()
-    route = {**PUBLIC, "set_response_headers": {
-        "X-Frame-Options": "DENY", "Referrer-Policy": "", "Permissions-Policy": "camera=()",
-        "Strict-Transport-Security": "max-age=60"}}
+    route = {
+        **PUBLIC,
+        "set_response_headers": {
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "",
+            "Permissions-Policy": "camera=()",
+            "Strict-Transport-Security": "max-age=60",
+        },
+    }
     config = base_config(port, header_upstream, idp=None, route=route)
-    async with running_gate(config, tmp_path) as gate, bare_client() as client, \
-            client.get(f"{gate.url}/", params={"X-Frame-Options": "ALLOWALL"}) as r:
+    async with (
+        running_gate(config, tmp_path) as gate,
+        bare_client() as client,
+        client.get(f"{gate.url}/", params={"X-Frame-Options": "ALLOWALL"}) as r,
+    ):
         assert r.headers.getall("X-Frame-Options") == ["DENY"]  # set = overwrite
         assert "Referrer-Policy" not in r.headers  # "" removes a default
         assert r.headers["Permissions-Policy"] == "camera=()"
@@ -70,8 +85,7 @@ async def test_route_overrides(header_upstream: str, tmp_path: Path) -> None:
 
 async def test_no_hsts_without_tls(header_upstream: str, tmp_path: Path) -> None:
     port = free_port()
-    config = base_config(port, header_upstream, idp=None, insecure_server=True,
-                         route=PUBLIC)
+    config = base_config(port, header_upstream, idp=None, insecure_server=True, route=PUBLIC)
     async with running_gate(config, tmp_path), bare_client() as client:
         async with client.get(f"http://127.0.0.1:{port}/") as r:
             assert r.status == 200
@@ -83,11 +97,14 @@ async def test_no_hsts_without_tls(header_upstream: str, tmp_path: Path) -> None
 
 async def test_own_pages_are_locked_down(idp: TestIdP, upstream: Upstream, tmp_path: Path) -> None:
     async with gate_for(upstream, tmp_path, idp) as gate, bare_client() as client:
-        for path, headers in [("/.clawgate/signed_out", HTML), ("/.clawgate/sign_out", HTML),
-                              ("/.clawgate/callback?error=x&state=" + "s" * 20, HTML),
-                              ("/a%2Fb", HTML), ("/.clawgate/nope", HTML)]:
-            async with client.get(f"{gate.url}{path}", headers=headers,
-                                  allow_redirects=False) as r:
+        for path, headers in [
+            ("/.clawgate/signed_out", HTML),
+            ("/.clawgate/sign_out", HTML),
+            ("/.clawgate/callback?error=x&state=" + "s" * 20, HTML),
+            ("/a%2Fb", HTML),
+            ("/.clawgate/nope", HTML),
+        ]:
+            async with client.get(f"{gate.url}{path}", headers=headers, allow_redirects=False) as r:
                 csp = r.headers.get("Content-Security-Policy", f"missing on {path} {r.status}")
                 assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp, path
                 assert "script-src" not in csp and "unsafe-inline" not in csp, path
@@ -95,8 +112,9 @@ async def test_own_pages_are_locked_down(idp: TestIdP, upstream: Upstream, tmp_p
                 assert r.headers["X-Content-Type-Options"] == "nosniff", path
                 assert r.headers["Cache-Control"] == "no-store", path
                 assert r.headers["Strict-Transport-Security"].startswith("max-age="), path
-                assert "aiohttp" not in r.headers.get("Server", "") and \
-                    "Python" not in r.headers.get("Server", ""), path
+                assert "aiohttp" not in r.headers.get(
+                    "Server", ""
+                ) and "Python" not in r.headers.get("Server", ""), path
         for path in ("/app", "/.clawgate/user"):
             async with client.get(f"{gate.url}{path}", headers=JSON) as r:
                 assert r.status == 401

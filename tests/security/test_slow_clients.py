@@ -17,8 +17,9 @@ from tests.security.helpers import bare_client, gate_for, insecure_tls, status_o
 from tests.support.gate import Gate
 from tests.support.upstream import Upstream
 
-PUBLIC = {"route": {"allow_public_unauthenticated_access": True, "policy": None,
-                    "allow_websockets": True}}
+PUBLIC = {
+    "route": {"allow_public_unauthenticated_access": True, "policy": None, "allow_websockets": True}
+}
 
 
 async def open_tls(gate: Gate) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -39,7 +40,7 @@ async def closed_after(reader: asyncio.StreamReader, limit: float) -> tuple[floa
 async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float) -> None:
     with contextlib.suppress(ConnectionError, RuntimeError):
         for i in range(len(data)):
-            writer.write(data[i:i + 1])
+            writer.write(data[i : i + 1])
             await writer.drain()
             await asyncio.sleep(every)
 
@@ -55,8 +56,9 @@ async def test_slowloris_headers_are_cut_and_others_are_served(
         idle_reader, idle_writer = await open_tls(gate)
         async with bare_client() as client, client.get(f"{gate.url}/meanwhile") as r:
             assert r.status == 200
-        results = await asyncio.gather(*(closed_after(r, 5) for r, _ in conns),
-                                       closed_after(idle_reader, 5))
+        results = await asyncio.gather(
+            *(closed_after(r, 5) for r, _ in conns), closed_after(idle_reader, 5)
+        )
         for task in tricklers:
             task.cancel()
         for elapsed, data in results:
@@ -74,12 +76,16 @@ async def test_slowloris_on_a_keep_alive_connection(upstream: Upstream, tmp_path
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         assert status_of(head) == 200
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length")))
+        length = int(
+            next(
+                line.split(b":")[1]
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+        )
         await reader.readexactly(length)
         await asyncio.sleep(1.5)  # idle between requests is governed by timeout_idle, not this
-        task = asyncio.create_task(trickle(writer, b"GET /second HTTP/1.1\r\nX: " + b"a" * 50,
-                                           0.2))
+        task = asyncio.create_task(trickle(writer, b"GET /second HTTP/1.1\r\nX: " + b"a" * 50, 0.2))
         elapsed, data = await closed_after(reader, 5)
         task.cancel()
         writer.close()
@@ -90,8 +96,10 @@ async def test_slowloris_on_a_keep_alive_connection(upstream: Upstream, tmp_path
 async def test_slow_body_is_cut_by_timeout_read(upstream: Upstream, tmp_path: Path) -> None:
     async with gate_for(upstream, tmp_path, None, timeout_read="1500ms", **PUBLIC) as gate:
         reader, writer = await open_tls(gate)
-        writer.write(f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\n"
-                     "Content-Length: 1000\r\n\r\n".encode())
+        writer.write(
+            f"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:{gate.port}\r\n"
+            "Content-Length: 1000\r\n\r\n".encode()
+        )
         task = asyncio.create_task(trickle(writer, b"x" * 1000, 0.1))
         elapsed, data = await closed_after(reader, 6)
         task.cancel()
@@ -119,8 +127,9 @@ async def test_stalled_tls_handshake_is_cut(upstream: Upstream, tmp_path: Path) 
 
 
 async def test_connections_per_ip_are_capped(upstream: Upstream, tmp_path: Path) -> None:
-    async with gate_for(upstream, tmp_path, None, max_connections_per_ip=4,
-                        timeout_header="30s", **PUBLIC) as gate:
+    async with gate_for(
+        upstream, tmp_path, None, max_connections_per_ip=4, timeout_header="30s", **PUBLIC
+    ) as gate:
         held = [await open_tls(gate) for _ in range(4)]
         await asyncio.sleep(0.1)
         reader, writer = await open_tls(gate)

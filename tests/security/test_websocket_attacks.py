@@ -20,8 +20,7 @@ from tests.support.idp import ALICE, TestIdP
 from tests.support.upstream import Upstream
 
 
-async def handshake_status(browser: aiohttp.ClientSession, url: str,
-                           origin: str | None) -> int:
+async def handshake_status(browser: aiohttp.ClientSession, url: str, origin: str | None) -> int:
     headers = {} if origin is None else {"Origin": origin}
     try:
         async with browser.ws_connect(url, headers=headers) as ws:
@@ -35,17 +34,27 @@ async def handshake_status(browser: aiohttp.ClientSession, url: str,
 async def test_cross_site_websocket_hijacking_is_refused(
     idp: TestIdP, upstream: Upstream, tmp_path: Path
 ) -> None:
-    async with gate_for(upstream, tmp_path, idp, route={
-            "allowed_origins": ["https://app.example.com"]}) as gate, \
-            signed_in_browser(gate, ALICE) as browser:
+    async with (
+        gate_for(
+            upstream, tmp_path, idp, route={"allowed_origins": ["https://app.example.com"]}
+        ) as gate,
+        signed_in_browser(gate, ALICE) as browser,
+    ):
         ws_url = f"{gate.url}/ws"
         upstream.seen.requests.clear()
         refused = [
-            "https://evil.example", "null", f"http://127.0.0.1:{gate.port}",
-            f"https://127.0.0.1:{gate.port}.evil.example", f"https://127.0.0.1:{gate.port + 1}",
-            f"https://127.0.0.1:{gate.port}/", f"https://127.0.0.1:{gate.port}@evil.example",
-            "https://app.example.com.evil.example", "https://evil.app.example.com",
-            "http://app.example.com", "", " ",
+            "https://evil.example",
+            "null",
+            f"http://127.0.0.1:{gate.port}",
+            f"https://127.0.0.1:{gate.port}.evil.example",
+            f"https://127.0.0.1:{gate.port + 1}",
+            f"https://127.0.0.1:{gate.port}/",
+            f"https://127.0.0.1:{gate.port}@evil.example",
+            "https://app.example.com.evil.example",
+            "https://evil.app.example.com",
+            "http://app.example.com",
+            "",
+            " ",
         ]
         for origin in refused:
             assert await handshake_status(browser, ws_url, origin) == 403, origin
@@ -67,9 +76,16 @@ async def test_upgrade_refused_without_allow_websockets_and_when_anonymous(
         async with signed_in_browser(gate, ALICE) as browser:
             upstream.seen.requests.clear()
             assert await handshake_status(browser, f"{gate.url}/ws", gate.url) == 403
-            async with browser.get(f"{gate.url}/ws", headers={
-                    "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": gate.url}) as r:
+            async with browser.get(
+                f"{gate.url}/ws",
+                headers={
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Origin": gate.url,
+                },
+            ) as r:
                 assert r.status == 403
         assert upstream.seen.requests == []
     async with gate_for(upstream, tmp_path, idp) as gate, bare_client(headers=JSON) as anon:
@@ -79,19 +95,24 @@ async def test_upgrade_refused_without_allow_websockets_and_when_anonymous(
 
 @pytest.mark.parametrize("direction", ["to upstream", "to client"])
 async def test_oversized_messages_close_the_socket(
-    idp: TestIdP, upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    direction: str
+    idp: TestIdP,
+    upstream: Upstream,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    direction: str,
 ) -> None:
     assert websocket.MAX_MESSAGE <= 64 * 1024 * 1024  # a limit exists in production too
     monkeypatch.setattr(websocket, "MAX_MESSAGE", 64 * 1024)
-    async with gate_for(upstream, tmp_path, idp) as gate, \
-            signed_in_browser(gate, ALICE) as browser:
+    async with gate_for(upstream, tmp_path, idp) as gate, signed_in_browser(gate, ALICE) as browser:
         # The echo upstream answers "headers" with the handshake headers as one message;
         # a dozen 7 kB headers make that message larger than the limit.
         bulky = {f"X-Bulk-{i}": "h" * 7000 for i in range(12)}
-        async with browser.ws_connect(f"{gate.url}/ws", origin=gate.url, max_msg_size=0,
-                                      headers=bulky if direction == "to client" else None
-                                      ) as ws:
+        async with browser.ws_connect(
+            f"{gate.url}/ws",
+            origin=gate.url,
+            max_msg_size=0,
+            headers=bulky if direction == "to client" else None,
+        ) as ws:
             await ws.send_bytes(b"a" * 60_000)
             assert len(await ws.receive_bytes(timeout=5)) == 60_000  # under the limit: fine
             if direction == "to upstream":
