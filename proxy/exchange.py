@@ -569,6 +569,10 @@ def _from_template(
 # opened once per cookie value instead of once per request. Entries hold the codec they
 # were opened with; expiry is checked on every hit (as SessionCodec.decode does).
 _SESSIONS: dict[tuple[bytes, str], tuple[SessionCodec, Session]] = {}
+# Verdicts by (policy, identity, method, path, address): an entry stands only while
+# its policy and identity objects are the ones it was made for (a reload or another
+# session makes it miss) and before the verdict's own valid_until (_admit); the
+# caller checks revocation before asking.
 _DECISIONS: dict[tuple[int, int, str, str, str], tuple[Policy, Identity | None, Verdict]] = {}
 _CACHE_MAX = 4096
 

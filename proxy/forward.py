@@ -26,7 +26,15 @@ from proxy.framing import (
     connection_options,
 )
 from proxy.snapshot import HSTS, SECURITY_HEADERS
-from proxy.upstream_link import LinkPool, PoolKey, ResponseHead, UpstreamError, UpstreamLink
+from proxy.upstream_link import (
+    NO_BODY_STATUS,
+    RETRYABLE,
+    LinkPool,
+    PoolKey,
+    ResponseHead,
+    UpstreamError,
+    UpstreamLink,
+)
 
 log = structlog.get_logger("clawgate.forward")
 
@@ -243,8 +251,6 @@ class UpstreamRequest:
     response_headers: Mapping[str, str]
 
 
-_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
-_NO_BODY_STATUS = frozenset({204, 304})
 _BUFFERED_MAX = 256 * 1024
 
 
@@ -270,7 +276,7 @@ class _LinkReader:
         link.reset(head_only)
 
     def response_head(self, link: UpstreamLink, head: ResponseHead) -> None:
-        no_body = self.head_only or head.status in _NO_BODY_STATUS
+        no_body = self.head_only or head.status in NO_BODY_STATUS
         if not head.framed and not no_body:
             link.until_eof = True
         if not self.head.done():
@@ -407,7 +413,7 @@ async def forward_http(
         try:
             head = await asyncio.wait_for(asyncio.shield(reader.head), up.timeout)
         except UpstreamError:
-            if not (reader.stale and sender is None and up.method in _RETRYABLE):
+            if not (reader.stale and sender is None and up.method in RETRYABLE):
                 raise
             # A keep-alive connection the upstream had just closed: once more, anew.
             link = await _connect(pool, up, fresh=True)
@@ -427,7 +433,7 @@ async def forward_http(
     response = web.StreamResponse(status=head.status, reason=head.reason.decode("latin-1") or None)
     try:
         response.headers.update(response_header_list(head.headers, up.response_headers))
-        no_body = head_only or head.status in _NO_BODY_STATUS
+        no_body = head_only or head.status in NO_BODY_STATUS
         if not no_body and (head.chunked or not head.framed):
             response.headers.popall("Content-Length", None)
             response.enable_chunked_encoding()

@@ -44,20 +44,24 @@ from proxy.response_head import extras_for, head_prefix, head_suffix
 from proxy.runtime import Runtime
 from proxy.snapshot import HSTS
 from proxy.throttle import Throttle
-from proxy.upstream_link import ResponseHead, UpstreamError, UpstreamLink
+from proxy.upstream_link import (
+    NO_BODY_STATUS,
+    RETRYABLE,
+    ResponseHead,
+    UpstreamError,
+    UpstreamLink,
+)
 from proxy.websocket import LiveConnection
 from proxy.wsrelay import open_admitted, switch_protocols
 
 log = structlog.get_logger("clawgate.proxy")
 
-_RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 # aiohttp's limits for the listener are within this: a longer head goes to the handler,
 # whose answer (414, 431) stays the same as ever.
 _MAX_HEAD = 64 * 1024
 # Pipelined bytes waiting behind a request in progress, and an upload waiting for its
 # upstream connection: reading pauses above this.
 _HIGH_WATER = 256 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
 
 # Deadline kinds of the client side timer.
 _HEAD, _IDLE, _READ = 1, 2, 3
@@ -508,7 +512,7 @@ class FrontConnection(asyncio.Protocol):
             link.broken = True
         if head.chunked:
             link.chunked_out = True  # llhttp hands over de-chunked bytes
-        no_body = ex.method == "HEAD" or status in _NO_BODY_STATUS
+        no_body = ex.method == "HEAD" or status in NO_BODY_STATUS
         if not head.framed and not no_body:
             link.chunked_out = link.until_eof = True
         chunked = link.chunked_out and not no_body
@@ -569,7 +573,7 @@ class FrontConnection(asyncio.Protocol):
             link.reused
             and not link.got_bytes
             and "Content-Length" not in ex.headers
-            and ex.method in _RETRYABLE
+            and ex.method in RETRYABLE
         ):
             # A keep-alive connection the upstream had just closed: once more, anew.
             self._link = None

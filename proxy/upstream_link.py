@@ -24,6 +24,12 @@ import httptools
 
 PoolKey = tuple[str, int, bool, bool]
 
+# Requests sent again, once, on a new connection when a pooled one turns out to have
+# been closed by the upstream before any byte of an answer (both paths do it).
+RETRYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
+# Responses that never carry a body, whatever their head says.
+NO_BODY_STATUS = frozenset({204, 304})
+
 # A response head longer than this is refused (502): the raw bytes are kept until the
 # head is complete, and nothing legitimate sends 64 KB of response headers.
 MAX_RESPONSE_HEAD = 64 * 1024
