@@ -27,6 +27,9 @@ GOING_AWAY = 1001
 MAX_MESSAGE = 32 * 1024 * 1024
 # How long a clawgate-initiated close waits for the client's close reply before dropping TCP.
 CLOSE_HANDSHAKE_TIMEOUT = 5.0
+# When clawgate fails a client for a bad frame, how long it lets the upstream's answers
+# to what came before (and its close reply) reach the client before the close goes out.
+REFUSAL_DRAIN_TIMEOUT = 1.0
 
 
 @dataclass(eq=False)

@@ -33,6 +33,7 @@ from proxy.websocket import (
     CLOSE_HANDSHAKE_TIMEOUT,
     GOING_AWAY,
     MAX_MESSAGE,
+    REFUSAL_DRAIN_TIMEOUT,
     ConnectionRegistry,
     LiveConnection,
 )
@@ -87,6 +88,7 @@ class FrameTracker:
         "_max",
         "_msg",
         "_rsv",
+        "cut_close",
         "need",
         "saw_close",
     )
@@ -104,6 +106,9 @@ class FrameTracker:
         self._frag = False
         self._msg = 0
         self.saw_close = False
+        # Set while a relay drains this direction before a close of its own: the close
+        # frame that answers clawgate's is swallowed, with anything after it.
+        self.cut_close = False
 
     @property
     def at_boundary(self) -> bool:
@@ -172,6 +177,10 @@ class FrameTracker:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
             opcode = b0 & 0x0F
             if b0 & 0x70 or (b1 & 0x80) != self._mask or not 0 < opcode < 3 or b0 < 0x80:
+                if opcode == 8 and self.cut_close:
+                    self.saw_close = True
+                    self._held = b""
+                    return data[:pos]
                 self._check(data, pos, b0, b1, opcode, length)
             elif length > self._max:
                 if length >> 63:
@@ -561,6 +570,7 @@ class RawRelay:
         "_down",
         "_down_close",
         "_down_state",
+        "_drain_timer",
         "_idle",
         "_last",
         "_loop",
@@ -606,6 +616,7 @@ class RawRelay:
         self._up_lost = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     # lifecycle
 
@@ -686,8 +697,11 @@ class RawRelay:
                 if out:
                     self._client.write(out)
                 if tracker.saw_close:
-                    self._down_state = _DONE
-                    self._passed_close()
+                    if tracker.cut_close:
+                        self._end_drain()
+                    else:
+                        self._down_state = _DONE
+                        self._passed_close()
             elif not self._up_gone:
                 self._after_close(data, self._down, self._down_state, self._client, upward=False)
         except FrameError as exc:
@@ -762,7 +776,12 @@ class RawRelay:
                 up.close()
 
     def _refused(self, exc: FrameError, *, upward: bool) -> None:
-        """A frame no endpoint may see: pass on what came before it, then close."""
+        """A frame no endpoint may see: pass on what came before it, then close.
+
+        The sender's stream cannot be followed past a bad header, so nothing more is read
+        from it and no close reply is waited for. When the client sent it, the upstream
+        may still be answering what came before: those answers reach the client first
+        (``_drain``), as they would have from an endpoint that read frames in order."""
         log.info(
             "websocket_frame_refused",
             direction="client_to_upstream" if upward else "upstream_to_client",
@@ -771,22 +790,54 @@ class RawRelay:
             user=self._conn.user,
         )
         try:
-            # The sender's stream cannot be followed past a bad header, so nothing more
-            # is read from it and no close reply is waited for.
             if upward:
                 if exc.settled and self._up_state == _RELAY:
                     self._up.write(exc.settled)
                 self._client_gone = True
                 self._client.pause_reading()
+                if not self._closing and self._down_state == _RELAY and not self._up_gone:
+                    self._drain(exc.code, exc.reason)
+                    return
             else:
                 if exc.settled and self._down_state == _RELAY:
                     self._client.write(exc.settled)
                 self._up_gone = True
                 self._up.pause_reading()
+                if self._down.cut_close:
+                    self._end_drain()
             self._request_close(exc.code, exc.reason)
             self._progress()
         except Exception:
             self._crash()
+
+    def _drain(self, code: int, reason: str) -> None:
+        """Close the upstream now and the client once the upstream has replied (or
+        ended, or taken too long): everything the upstream sent before its close reply
+        is relayed first; the reply itself is swallowed and the client hears ``code``."""
+        conn = self._conn
+        if not conn.closing:
+            conn.closing = True
+            conn.close_code, conn.close_reason = code, reason
+        self._closing = True
+        self._arm_deadline()
+        self._down_close = close_frame(code, reason, masked=False)
+        self._down.cut_close = True
+        self._up_state = _DONE if self._up.is_closing() else _INJECT
+        self._drain_timer = self._loop.call_later(REFUSAL_DRAIN_TIMEOUT, self._drain_expired)
+        self._progress()
+
+    def _drain_expired(self) -> None:
+        self._drain_timer = None
+        self._guard(lambda _: self._end_drain(), False)
+
+    def _end_drain(self) -> None:
+        """The client's close goes out at the next frame boundary towards it."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self._down_state == _RELAY and self._down.cut_close:
+            self._down_state = _INJECT
+        self._progress()
 
     def _request_close(self, code: int, reason: str) -> None:
         conn = self._conn
@@ -817,7 +868,9 @@ class RawRelay:
                 return
             self._up_gone = True
             self._up_state = _DONE
-            if self._down_state == _RELAY:
+            if self._down.cut_close:
+                self._end_drain()
+            elif self._down_state == _RELAY:
                 # Gone without a closing handshake: the client hears 1001, as it did
                 # from the frame-decoding relay.
                 self._request_close(GOING_AWAY, "")
@@ -847,9 +900,10 @@ class RawRelay:
             src.resume_reading()
 
     def _finish(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._drain_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._drain_timer = None
         self._registry.discard(self._conn)
         self._conn.closer = None
         self._conn.closed.set()

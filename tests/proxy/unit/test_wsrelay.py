@@ -355,6 +355,9 @@ def echo_app(state: Echo) -> web.Application:
                         await ws.send_str(f"{i}:" + "b" * size)
                 elif text.startswith("ping:"):
                     await ws.ping(text[5:].encode())
+                elif text == "goodthenbad":
+                    assert request.transport is not None
+                    request.transport.write(frame(1, b"good") + frame(3, b"nope"))
                 elif text == "badframe":
                     # A reserved opcode straight onto the socket.
                     assert request.transport is not None
@@ -918,3 +921,170 @@ def test_relay_registry_and_closed(setup: Setup) -> None:
 def test_upgraded_header_lookup() -> None:
     up = Upgraded(101, "OK", [(b"X-A", b"1")], None, None, b"")  # type: ignore[arg-type]
     assert up.header(b"x-a") == b"1" and up.header(b"x-b") is None
+
+
+# --- refusals keep order, close codes by class ------------------------------------------
+
+
+async def raw_client(
+    s: Setup, gate: Front
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client that writes frames as they are, bad ones included."""
+    tls = None
+    if s.tls is not None:
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+    reader, writer = await asyncio.open_connection("127.0.0.1", gate.port, ssl=tls)
+    writer.write(request_head(gate.port, new_key()))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, b1 = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert not b1 & 0x80, "frames to the client are never masked"
+    n = b1 & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", await reader.readexactly(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", await reader.readexactly(8))[0]
+    return b0 & 0x0F, await asyncio.wait_for(reader.readexactly(n), 5)
+
+
+async def upstream_closed(state: Echo) -> list[int | None]:
+    for _ in range(100):
+        if state.closes:
+            break
+        await asyncio.sleep(0.05)
+    return state.closes
+
+
+def test_relay_refusal_delivers_the_upstreams_answers_first(setup: Setup) -> None:
+    """A good message and a bad frame in one read: the client still gets the echo of
+    the good one before clawgate's 1002, and the upstream a clean 1001 close."""
+
+    async def scenario(s: Setup) -> None:
+        async with s.stack() as (gate, state, _session):
+            reader, writer = await raw_client(s, gate)
+            writer.write(
+                frame(1, b"first", masked=True)
+                + frame(2, b"x" * 70000, masked=True)
+                + frame(1, b"bad", masked=True, rsv=0x20)
+            )
+            assert await read_frame(reader) == (1, b"first")
+            assert await read_frame(reader) == (2, b"x" * 70000)
+            opcode, payload = await read_frame(reader)
+            assert (opcode, payload[:2]) == (8, (1002).to_bytes(2, "big"))
+            assert payload[2:] == b"reserved bits set"
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # and nothing after
+            writer.close()
+            await wait_closed(gate)
+            assert await upstream_closed(state) == [1001]
+            assert gate.conns[0].close_code == 1002
+
+    setup.run(scenario)
+
+
+def test_relay_bad_upstream_frame_after_data_in_the_same_read(setup: Setup) -> None:
+    """The upstream writes a good frame and a bad one together: the good one reaches
+    the client, then 1002; the bad one never does."""
+
+    async def scenario(s: Setup) -> None:
+        async with s.stack() as (gate, _state, _session):
+            reader, writer = await raw_client(s, gate)
+            writer.write(frame(1, b"goodthenbad", masked=True))
+            assert await read_frame(reader) == (1, b"good")
+            opcode, payload = await read_frame(reader)
+            assert (opcode, payload[:2]) == (8, (1002).to_bytes(2, "big"))
+            assert payload[2:] == b"reserved opcode"
+            writer.write(frame(8, payload[:2], masked=True))  # the client's reply
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await wait_closed(gate)
+
+    setup.run(scenario)
+
+
+# (what the client sends, what the client hears back, what the upstream was closed with).
+# A valid close passes to the upstream as it is and its answer comes back (the echo
+# answers every close with 1000); any other is failed by clawgate itself.
+CLOSE_CLASSES = {
+    "normal": ((1000).to_bytes(2, "big") + b"bye", 1000, 1000),
+    "defined": ((1013).to_bytes(2, "big"), 1000, 1013),
+    "application": ((4999).to_bytes(2, "big") + "\u00e9".encode(), 1000, 4999),
+    "reserved-1004": ((1004).to_bytes(2, "big"), 1002, 1001),
+    "report-only-1005": ((1005).to_bytes(2, "big"), 1002, 1001),
+    "report-only-1006": ((1006).to_bytes(2, "big"), 1002, 1001),
+    "tls-1015": ((1015).to_bytes(2, "big"), 1002, 1001),
+    "unassigned-2000": ((2000).to_bytes(2, "big"), 1002, 1001),
+    "below-range": ((999).to_bytes(2, "big"), 1002, 1001),
+    "above-range": ((5000).to_bytes(2, "big"), 1002, 1001),
+    "reason-not-utf8": ((1000).to_bytes(2, "big") + b"\xce\xba\xff", 1007, 1001),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLOSE_CLASSES))
+def test_relay_client_close_codes_by_class(setup: Setup, case: str) -> None:
+    sent, heard, upstream_saw = CLOSE_CLASSES[case]
+
+    async def scenario(s: Setup) -> None:
+        async with s.stack() as (gate, state, _session):
+            reader, writer = await raw_client(s, gate)
+            writer.write(frame(1, b"before", masked=True) + frame(8, sent, masked=True))
+            assert await read_frame(reader) == (1, b"before")
+            opcode, payload = await read_frame(reader)
+            assert opcode == 8
+            assert int.from_bytes(payload[:2], "big") == heard
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+            await wait_closed(gate)
+            assert await upstream_closed(state) == [upstream_saw]
+
+    setup.run(scenario)
+
+
+def test_relay_refusal_waits_only_so_long_for_a_silent_upstream(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that never answers clawgate's close: what it sent in the meantime
+    still reaches the client, and the client's 1002 goes out once the drain is over."""
+    monkeypatch.setattr("proxy.wsrelay.REFUSAL_DRAIN_TIMEOUT", 0.3)
+    # The closing deadline, which also ends the upstream link that never replies.
+    monkeypatch.setattr("proxy.wsrelay.CLOSE_HANDSHAKE_TIMEOUT", 1.0)
+    seen: list[bytes] = []
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_for(key).encode()
+            + b"\r\n\r\n"
+        )
+        seen.append(await reader.read(1024))
+        await asyncio.sleep(0.1)
+        writer.write(frame(1, b"late"))
+        await reader.read()  # deaf to the close; ends when clawgate drops the link
+        writer.close()
+
+    async def scenario(s: Setup) -> None:
+        async with raw_server(deaf) as port, Front(port, ssl_context=s.tls) as gate:
+            reader, writer = await raw_client(s, gate)
+            started = asyncio.get_running_loop().time()
+            writer.write(frame(1, b"hi", masked=True) + frame(9, b"x" * 126, masked=True))
+            assert await read_frame(reader) == (1, b"late")
+            opcode, payload = await read_frame(reader)
+            assert (opcode, payload) == (8, (1002).to_bytes(2, "big") + b"control frame too big")
+            assert asyncio.get_running_loop().time() - started >= 0.25
+            writer.close()
+            await wait_closed(gate)
+            assert seen and seen[0].startswith(frame(1, b"hi", masked=True)[:2])
+
+    setup.run(scenario)
