@@ -446,6 +446,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      args.metrics, args.fast)
             return start_clawgate(bench, f"clawgate-w{workers}", config, cg_port)
 
+        def other_path() -> tuple[subprocess.Popen[bytes], int, str]:
+            """clawgate on the request path this run does not measure for HTTP."""
+            port = free_port()
+            config = clawgate_config(tmp, port, up_port, ws_port, 1, args.metrics,
+                                     not args.fast)
+            started, path, _ = start_clawgate(bench, "clawgate-other-path", config, port)
+            return started, port, mint_cookie(path, port)
+
         proc, cfg_path, startup = clawgate(1)
         results["startup_s"] = round(startup, 3)
         cookie = mint_cookie(cfg_path, cg_port)
@@ -523,19 +531,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   flush=True)
             # nginx relays the same echo over TLS: what a proxy in C reaches on this
             # machine, where client, proxy and echo server share the cores.
+            # The other request path beside it: both end in the same relay once the
+            # handshakes are done, so their figures should differ only by noise.
+            other, other_port, other_cookie = other_path()
             ws_targets = (
-                ("direct", f"ws://127.0.0.1:{ws_port}/ws", None),
-                ("nginx", f"wss://127.0.0.1:{ng_port}/ws", pids["nginx-proxy"]),
-                ("clawgate", f"wss://127.0.0.1:{cg_port}/ws", proc.pid),
+                ("direct", f"ws://127.0.0.1:{ws_port}/ws", None, None),
+                ("nginx", f"wss://127.0.0.1:{ng_port}/ws", pids["nginx-proxy"], None),
+                ("clawgate", f"wss://127.0.0.1:{cg_port}/ws", proc.pid, cookie),
+                (OTHER_PATH[args.fast], f"wss://127.0.0.1:{other_port}/ws", other.pid,
+                 other_cookie),
             )
             ws_seen: dict[str, list[dict[str, Any]]] = {label: [] for label, *_ in ws_targets}
             for _ in range(runs):
-                for label, url, proxy_pid in ws_targets:
+                for label, url, proxy_pid, ws_cookie in ws_targets:
                     watch = {"echo": pids["ws-upstream"]}
                     if proxy_pid is not None:
                         watch["proxy"] = proxy_pid
                     out = subprocess.run(
-                        wsload("echo", url, cookie if label == "clawgate" else None,
+                        wsload("echo", url, ws_cookie,
                                watch=watch, seconds=secs, conns=50),
                         capture_output=True, text=True, timeout=secs + 60,
                     )
@@ -546,6 +559,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for label, rows in ws_seen.items():
                 ws[label] = median_run(rows, key="round_trips_per_s")
                 ws[label]["rounds"] = [round(row["round_trips_per_s"]) for row in rows]
+            bench.stop(other)
 
         if not args.skip_stream:
             # The first read of the sparse file makes the kernel build its page cache
@@ -589,6 +603,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if idle_proc is not proc:
                 bench.stop(idle_proc)
             print(f"  idle ws {results['ws_idle']}", flush=True)
+            # The same count through the other request path: an upgrade it admitted
+            # must cost no more once it is relayed.
+            other_port = free_port()
+            other_config = clawgate_config(tmp, other_port, up_port, ws_port, idle_workers,
+                                           args.metrics, not args.fast)
+            other, other_cfg, _ = start_clawgate(bench, "clawgate-other-idle", other_config,
+                                                 other_port)
+            time.sleep(1.0)  # every worker listening
+            results["ws_idle_other_path"] = idle_websockets(
+                bench, other.pid, other_port, mint_cookie(other_cfg, other_port),
+                args.idle_ws, idle_workers)
+            results["ws_idle_other_path"]["path"] = OTHER_PATH[args.fast]
+            bench.stop(other)
+            print(f"  idle ws ({OTHER_PATH[args.fast]}) {results['ws_idle_other_path']}",
+                  flush=True)
         bench.stop(proc)
 
         for workers in args.workers:
@@ -689,6 +718,11 @@ def idle_websockets(bench: Bench, pid: int, port: int, cookie: str, count: int,
             "kb_per_connection": round(per, 1), "fd_hard_limit": hard, "workers": workers}
 
 
+# The label of the other request path's WebSocket figures, by whether the run's
+# clawgate uses the front (fast_path).
+OTHER_PATH = {True: "clawgate_handler", False: "clawgate_front"}
+
+
 def summarize(r: dict[str, Any]) -> None:
     http = r["http"]
     print()
@@ -755,6 +789,12 @@ def summarize(r: dict[str, Any]) -> None:
                 n["round_trips_per_s"] / d["round_trips_per_s"], 3)
             r["ws_summary"]["clawgate/nginx"] = round(
                 c["round_trips_per_s"] / n["round_trips_per_s"], 3)
+        for label in OTHER_PATH.values():
+            if label in ws:
+                r["ws_summary"][f"{label}/clawgate"] = round(
+                    ws[label]["round_trips_per_s"] / c["round_trips_per_s"], 3)
+                print(f"  {label}/clawgate {r['ws_summary'][f'{label}/clawgate']:.3f} "
+                      "(the other request path, same relay)")
         print(f"  clawgate/direct {r['ws_summary']['ratio']:.3f}"
               + (f", nginx/direct {r['ws_summary']['nginx_ratio']:.3f}, clawgate/nginx "
                  f"{r['ws_summary']['clawgate/nginx']:.3f}" if "nginx" in ws else "")
@@ -764,6 +804,10 @@ def summarize(r: dict[str, Any]) -> None:
         i = r["ws_idle"]
         spread = f" over {i['workers']} workers" if i.get("workers", 1) > 1 else ""
         print(f"Idle WebSockets: {i['opened']} open{spread}, "
+              f"{i['kb_per_connection']} KB RSS each")
+    if "ws_idle_other_path" in r:
+        i = r["ws_idle_other_path"]
+        print(f"Idle WebSockets through {i['path']}: {i['opened']} open, "
               f"{i['kb_per_connection']} KB RSS each")
     for key in ("stream_download_direct", "stream_download", "stream_upload"):
         if key in r:
