@@ -807,7 +807,8 @@ def summarize(r: dict[str, Any]) -> None:
               f"{i['kb_per_connection']} KB RSS each")
     if "ws_idle_other_path" in r:
         i = r["ws_idle_other_path"]
-        print(f"Idle WebSockets through {i['path']}: {i['opened']} open, "
+        spread = f" over {i['workers']} workers" if i.get("workers", 1) > 1 else ""
+        print(f"Idle WebSockets through {i['path']}: {i['opened']} open{spread}, "
               f"{i['kb_per_connection']} KB RSS each")
     for key in ("stream_download_direct", "stream_download", "stream_upload"):
         if key in r:
