@@ -283,6 +283,16 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     rate_limits: RateLimits = Field(default_factory=RateLimits)
 
+    # Shared state (proxy/store/): sign-outs, single-use sign-in state, refresh locks and
+    # rate-limit counts. ``memory``: this process group alone; ``redis``: every replica
+    # that names the same Redis and key prefix.
+    databroker_storage_type: Literal["memory", "redis"] = "memory"
+    databroker_storage_connection_string: SecretStr | None = None
+    databroker_storage_connection_string_file: Path | None = None
+    databroker_storage_key_prefix: str = Field(
+        default="clawgate:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:_.-]+$"
+    )
+
     routes: list[RouteSettings] = Field(default_factory=list)
 
     # Pomerium keys with no meaning in one process; accepted so a Pomerium config.yaml
@@ -373,7 +383,12 @@ class Settings(BaseSettings):
         """``<key>_file`` reads the secret from a file (Docker/Kubernetes secrets)."""
         if not isinstance(data, dict):
             return data
-        for key in ("idp_client_secret", "cookie_secret", "signing_key"):
+        for key in (
+            "idp_client_secret",
+            "cookie_secret",
+            "signing_key",
+            "databroker_storage_connection_string",
+        ):
             path = data.get(f"{key}_file")
             if path is None:
                 continue
@@ -407,6 +422,26 @@ class Settings(BaseSettings):
         if self.cookie_same_site == "none" and self.insecure_server:
             raise KeyedValueError(
                 "cookie_same_site", "none needs Secure cookies (not insecure_server)"
+            )
+        connection = self.databroker_storage_connection_string
+        if self.databroker_storage_type == "redis":
+            if connection is None:
+                raise KeyedValueError(
+                    "databroker_storage_connection_string",
+                    "databroker_storage_type redis needs a connection string "
+                    "(redis://, rediss:// or redis+sentinel://), or its _file",
+                )
+            scheme = connection.get_secret_value().partition("://")[0].lower()
+            if scheme not in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
+                raise KeyedValueError(
+                    "databroker_storage_connection_string",
+                    "must start with redis://, rediss://, redis+sentinel:// or "
+                    "rediss+sentinel://",
+                )
+        elif connection is not None:
+            raise KeyedValueError(
+                "databroker_storage_connection_string",
+                "set databroker_storage_type: redis to use it (the memory store has none)",
             )
         return self
 
