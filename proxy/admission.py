@@ -8,14 +8,14 @@ criterion the policy looked at (``Decision.valid_until``, policy/engine.py), the
 session's hard expiry and its refresh time, whichever comes first. The configuration
 generation bounds it too: every cache that keeps a verdict is keyed by the snapshot
 (or the compiled policy) it was made with. Revocations are not in the verdict, as
-they can come at any moment: whoever reuses a verdict checks ``Runtime.revoked``
+they can come at any moment: whoever reuses a verdict checks ``Runtime.refuses``
 each time (:func:`still_holds`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -61,8 +61,11 @@ def admit(
 
 
 def still_holds(
-    valid_until: float, session: Session | None, revoked: Mapping[str, int], now: float
+    valid_until: float,
+    session: Session | None,
+    refused: Callable[[Session], bool],
+    now: float,
 ) -> bool:
     """True while a verdict made earlier may stand for the same request: before its
     validity ends, and its session not revoked since."""
-    return now < valid_until and (session is None or session.sid not in revoked)
+    return now < valid_until and (session is None or not refused(session))

@@ -29,6 +29,8 @@ from proxy.identity import (
 from proxy.oidc import OidcError
 from proxy.runtime import REQUEST_ID, Runtime
 from proxy.session import LOGIN_STATE_PURPOSE, SessionError
+from proxy.shared_state import SHARED
+from proxy.store import Revocation, StoreError
 
 log = structlog.get_logger("clawgate.endpoints")
 
@@ -59,26 +61,6 @@ def safe_return_path(value: str | None) -> str:
         if parts.scheme or parts.netloc:
             return "/"
     return value
-
-
-# States already redeemed, kept until their login cookie would have expired anyway: a
-# copied callback URL plus login cookie must not sign in twice, whether or not the
-# identity provider enforces single-use codes. Insertion order is expiry order.
-_used_states: dict[str, float] = {}
-_MAX_USED_STATES = 100_000
-
-
-def _consume_state(state: str, now: float) -> bool:
-    """False if ``state`` was redeemed before; otherwise remember it and return True."""
-    while _used_states:
-        oldest, until = next(iter(_used_states.items()))
-        if until > now and len(_used_states) < _MAX_USED_STATES:
-            break
-        del _used_states[oldest]
-    if state in _used_states:
-        return False
-    _used_states[state] = now + LOGIN_TTL
-    return True
 
 
 def login_cookie_name(runtime: Runtime, state: str) -> str:
@@ -194,7 +176,18 @@ async def callback(runtime: Runtime, request: web.Request, route: str | None) ->
             "The sign-in response does not belong to this sign-in attempt.",
             "state_mismatch",
         )
-    if not _consume_state(state, time.monotonic()):
+    try:
+        # Single-use across every process and replica sharing the store: a callback
+        # replayed elsewhere finds its state consumed.
+        fresh = await runtime.store.consume_once(f"state:{state}", LOGIN_TTL)
+    except StoreError:
+        return fail(
+            503,
+            "Sign-in unavailable",
+            "Signing in is briefly unavailable. Please try again in a moment.",
+            "store_unavailable",
+        )
+    if not fresh:
         return fail(
             400,
             "No sign-in in progress",
@@ -294,7 +287,12 @@ async def sign_out(runtime: Runtime, request: web.Request, route: str | None) ->
             error_code="csrf",
             request_id=rid,
         )
-    runtime.revoke(session.sid, session.expires_at)
+    revocation = Revocation("session", session.sid, session.issued_at, session.expires_at)
+    shared = request.app.get(SHARED)
+    if shared is not None:
+        await shared.sign_out(revocation)
+    else:
+        runtime.revoke(session.sid, session.expires_at)
     closed = await runtime.registry.close_session(session.sid, "signed out")
     log.info("sign_out", user=session.email or session.sub, websockets_closed=closed)
     target = SIGNED_OUT

@@ -279,7 +279,7 @@ def _plan_fresh(
         session = _session(snap, cookie_b, "" if settings.cookie_domain else audience, now)
     except SessionError:
         return None
-    if session is not None and (session.sid in runtime.revoked or session.needs_refresh(now)):
+    if session is not None and (runtime.refuses(session) or session.needs_refresh(now)):
         return None
     headers: CIMultiDict[str] = CIMultiDict(
         [
@@ -536,7 +536,7 @@ def _from_template(
     clock = time.time()
     now = int(clock)
     route = t.route
-    if not still_holds(t.valid_until, session, runtime.revoked, clock):
+    if not still_holds(t.valid_until, session, runtime.refuses, clock):
         return _STALE
     if session is not None and route.pass_identity and now >= t.assertion_until:
         token = t.snap.keys.signer.sign(session, audience=t.audience, now=now)

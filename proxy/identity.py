@@ -7,16 +7,12 @@ it never grants anything. A refresh that fails ends the session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -29,6 +25,7 @@ from proxy.runtime import Runtime
 from proxy.session import Session, SessionCodec, SessionError, parse_cookie_header
 from proxy.settings import Settings
 from proxy.snapshot import Snapshot
+from proxy.store import StoreError
 
 log = structlog.get_logger("clawgate.identity")
 
@@ -96,7 +93,7 @@ async def resolve(runtime: Runtime, request: web.BaseRequest) -> Resolved:
         return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem=exc.reason)
     if session is None:
         return Resolved(None)
-    if session.sid in runtime.revoked:
+    if runtime.refuses(session):
         return Resolved(None, clear_cookies=codec.chunk_names(cookies), problem="signed_out")
     if not session.needs_refresh(now):
         if sealed_with_old_secret(snap, cookies, session, now):
@@ -200,49 +197,45 @@ async def refresh(runtime: Runtime, session: Session) -> Session | None:
 
 
 async def _refresh_once(runtime: Runtime, session: Session, key: tuple[str, str]) -> Session | None:
-    if runtime.shared_dir is None:
-        return await _refresh_with_idp(runtime, session, key)
-    # Sibling workers: providers rotate refresh tokens and revoke the whole grant when an
-    # old one is used twice, so exactly one process may spend it. The others wait on a
-    # file lock and take the session it left behind (sealed like a cookie).
-    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:32]
-    lock_path = runtime.shared_dir / f"refresh-{digest}.lock"
-    result_path = runtime.shared_dir / f"refresh-{digest}.json"
-    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-        shared = _read_shared_refresh(runtime, session, result_path)
+    """Exactly one process of the deployment spends a refresh token: providers rotate
+    them and revoke the whole grant when an old one is used twice. The first takes the
+    store's lock for it and leaves the refreshed session (sealed like a cookie) in the
+    store; the others wait on the lock and take that, never calling the IdP."""
+    store = runtime.store
+    slot = "refresh:" + hashlib.sha256("\0".join(key).encode()).hexdigest()[:32]
+    wait = runtime.snapshot.settings.idp_timeout + 2.0
+    async with store.lock(slot, ttl=wait, wait=wait) as held:
+        shared = await _read_handover(runtime, session, slot)
         if shared is not None:
             return shared
+        if not held:
+            # The store is down or the holder took too long: refreshing risks spending
+            # the token twice, not refreshing ends the session for sure.
+            log.warning("session_refresh_unlocked", user=session.email or session.sub)
         updated = await _refresh_with_idp(runtime, session, key)
         if updated is not None:
-            with contextlib.suppress(OSError, SessionError):
+            try:
                 pairs = runtime.snapshot.keys.codec.encode(updated)
-                tmp = result_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(pairs))
-                os.replace(tmp, result_path)
+                await store.put(slot, json.dumps(pairs).encode(), _HANDOVER_TTL)
+            except (SessionError, StoreError) as exc:
+                log.warning("session_refresh_not_shared", detail=str(exc))
         return updated
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
-def prune_shared_refreshes(runtime: Runtime, max_age: float = 600.0) -> None:
-    """Drop hand-over files no request can still want (their refresh token is spent)."""
-    if runtime.shared_dir is None:
-        return
-    cutoff = time.time() - max_age
-    for path in runtime.shared_dir.glob("refresh-*"):
-        with contextlib.suppress(OSError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
+# How long a refreshed session stays where processes still holding the spent refresh
+# token find it: requests sent just before the new cookie arrived.
+_HANDOVER_TTL = 600.0
 
 
-def _read_shared_refresh(runtime: Runtime, session: Session, path: Path) -> Session | None:
+async def _read_handover(runtime: Runtime, session: Session, slot: str) -> Session | None:
     try:
-        pairs = json.loads(path.read_text())
+        raw = await runtime.store.get(slot)
+        if raw is None:
+            return None
+        pairs = json.loads(raw)
         cookies = {str(name): str(value) for name, value in pairs}
         return runtime.snapshot.keys.codec.decode(cookies, host=session.host, now=int(time.time()))
-    except (OSError, ValueError, TypeError, SessionError):
+    except (StoreError, ValueError, TypeError, SessionError):
         return None
 
 

@@ -104,6 +104,12 @@ RETURNED = Counter(
 WEBSOCKETS = Gauge(
     "clawgate_websockets_active", "Proxied WebSockets open now", multiprocess_mode="livesum"
 )
+STORE_UP = Gauge(
+    "clawgate_store_up",
+    "1 while the shared store (databroker_storage_type) is reachable and its sign-outs "
+    "loaded, else 0",
+    multiprocess_mode="livemin",
+)
 IDP_CALLS = Counter(
     "clawgate_idp_requests_total",
     "HTTP calls to the identity provider, by endpoint and outcome",

@@ -14,7 +14,7 @@ import time
 import structlog
 
 from proxy.admission import admit
-from proxy.identity import prune_shared_refreshes, refresh, to_identity
+from proxy.identity import refresh, to_identity
 from proxy.runtime import Runtime
 from proxy.websocket import POLICY_VIOLATION, LiveConnection
 
@@ -60,7 +60,7 @@ async def sweep_connections(runtime: Runtime) -> None:
         if conn.closing:
             continue
         session = conn.session
-        if session is not None and session.sid in runtime.revoked:
+        if session is not None and runtime.refuses(session):
             await _close(conn, "signed out")
             continue
         if session is not None and session.is_expired(int(clock)):
@@ -79,7 +79,6 @@ async def sweep_sessions(runtime: Runtime) -> None:
     """Close connections whose session ended; refresh the ones that are due."""
     now = int(time.time())
     runtime.prune_revoked(now)
-    prune_shared_refreshes(runtime)
     for conn in runtime.registry:
         session = conn.session
         if session is None or conn.closing:

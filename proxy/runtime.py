@@ -15,7 +15,9 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy.oidc import OidcClient
+from proxy.session import Session
 from proxy.snapshot import Snapshot
+from proxy.store import Revocation, Store, open_store
 from proxy.upstream_link import LinkPool
 from proxy.websocket import ConnectionRegistry
 
@@ -44,6 +46,12 @@ class Runtime:
     # Signed-out session ids until their cookies would have expired anyway: a copy of a
     # signed-out cookie must not keep working on this instance.
     revoked: dict[str, int] = field(default_factory=dict)
+    # Users signed out everywhere (by email or subject; "" is everyone): every session
+    # of theirs issued at or before ``not_before`` is refused, until ``until``.
+    not_before: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Where sign-outs and other shared state go (proxy/store/); this instance's view of
+    # it is ``revoked`` and ``not_before``, which requests read without waiting.
+    store: Store = field(default_factory=lambda: open_store("memory", None, prefix=""))
 
     # Private directory shared with sibling workers (refresh hand-over), or None.
     shared_dir: Path | None = None
@@ -56,9 +64,38 @@ class Runtime:
             for hook in self.revoke_hooks:
                 hook(sid, until)
 
+    def refuses(self, session: Session) -> bool:
+        """Whether a sign-out seen by this instance covers ``session``: the one check
+        every path and every cached verdict makes before using a session."""
+        if session.sid in self.revoked:
+            return True
+        marks = self.not_before
+        if not marks:
+            return False
+        for key in ("", session.sub, session.email):
+            mark = marks.get(key) if key is not None else None
+            if mark is not None and session.issued_at <= mark[0]:
+                return True
+        return False
+
+    def apply(self, revocation: Revocation) -> None:
+        """Take a sign-out into this instance's view (idempotent, in any order)."""
+        if revocation.kind == "session":
+            sid = revocation.subject
+            self.revoked[sid] = max(self.revoked.get(sid, 0), revocation.until)
+            return
+        key = revocation.subject if revocation.kind == "user" else ""
+        old = self.not_before.get(key, (0, 0))
+        self.not_before[key] = (
+            max(old[0], revocation.not_before),
+            max(old[1], revocation.until),
+        )
+
     def prune_revoked(self, now: int) -> None:
         for sid in [s for s, until in self.revoked.items() if until <= now]:
             del self.revoked[sid]
+        for key in [k for k, (_, until) in self.not_before.items() if until <= now]:
+            del self.not_before[key]
 
     @property
     def secure(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from pydantic import SecretStr
 
 from proxy import metrics, pages
 from proxy.connlimit import (
@@ -44,7 +45,9 @@ from proxy.settings import (
     parse_listen_address,
     unknown_environment,
 )
+from proxy.shared_state import SHARED, SharedState
 from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys
+from proxy.store import open_store
 from proxy.throttle import THROTTLE, Throttle, ip_refusal
 from proxy.tls import CertificateStore
 from proxy.websocket import GOING_AWAY
@@ -192,9 +195,14 @@ def health_app(runtime: Runtime) -> web.Application:
         problems += await probe.problems(upstream_targets(r.upstream for r in routes))
         if runtime.draining:
             problems.append("draining")
+        # A replica without its store still serves the sessions it knows and refuses
+        # new sign-ins (their state could be replayed): reported, but not a reason to
+        # take every replica out of the load balancer at once.
+        store_up = runtime.store.healthy
         body = {
-            "status": "ok" if not problems else "not_ready",
+            "status": "not_ready" if problems else ("ok" if store_up else "degraded"),
             "problems": problems,
+            "store": {"backend": runtime.store.backend, "reachable": store_up},
             "config_generation": runtime.reload.in_force_generation,
             "config_on_disk_in_force": runtime.reload.disk_matches,
             "config_error": runtime.reload.last_error,
@@ -423,6 +431,13 @@ async def serve(
     runtime = Runtime(snapshot=snapshot, oidc=instrument_oidc(oidc) if oidc is not None else None)
     metrics.CONFIG_GENERATION.set(snapshot.generation)
     peers = _join_peers(runtime)
+    runtime.store = open_store(
+        settings.databroker_storage_type,
+        _secret(settings.databroker_storage_connection_string),
+        prefix=settings.databroker_storage_key_prefix,
+        shared_dir=runtime.shared_dir,
+    )
+    shared: SharedState | None = None
     certs = (
         None
         if settings.insecure_server
@@ -450,8 +465,14 @@ async def serve(
         host, port = parse_listen_address(settings.address)
         guard = Guard(lambda: connection_limits(runtime))
         app = main.app
-        if peers is not None:
+        # Counts go through the store when it reaches other machines; between the
+        # workers of one machine otherwise.
+        shared_store = settings.databroker_storage_type != "memory"
+        if peers is not None and not shared_store:
             peers.share_limits(app[THROTTLE])
+        shared = SharedState(runtime, app[THROTTLE], share_counts=shared_store)
+        app[SHARED] = shared
+        await shared.start()
 
         def front(fallback: Callable[[], GuardedHandler]) -> Front | None:
             if not settings.fast_path:
@@ -506,7 +527,7 @@ async def serve(
             await web.TCPSite(exporter, m_host or None, m_port).start()
             log.info("metrics_listening", address=settings.metrics_address)
         tasks.append(asyncio.create_task(ConfigWatcher(runtime, config_path).run()))
-        tasks.append(asyncio.create_task(_session_sweeper(runtime)))
+        tasks.append(asyncio.create_task(_session_sweeper(runtime, shared)))
         if certs is not None:
             tasks.append(asyncio.create_task(certs.watch()))
         if runtime.oidc is not None:
@@ -523,9 +544,17 @@ async def serve(
             await runner.cleanup()
         runtime.links.close()
         await idp_http.close()
+        if shared is not None:
+            await shared.aclose()
+        else:
+            await runtime.store.aclose()
         if peers is not None:
             peers.close()
         log.info("stopped")
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
 
 
 def _join_peers(runtime: Runtime) -> Peers | None:
@@ -570,16 +599,21 @@ async def _warm_idp(oidc: OidcClient) -> None:
             delay = min(delay * 2, 60.0)
 
 
-async def _session_sweeper(runtime: Runtime, interval: float = 1.0, every: int = 5) -> None:
+async def _session_sweeper(
+    runtime: Runtime, shared: SharedState, interval: float = 1.0, every: int = 5
+) -> None:
     """Each ``interval``: open WebSockets against revocations and their verdicts'
-    validity; every ``every`` intervals also refresh due sessions and prune."""
+    validity, and sign-outs the store missed written again; every ``every`` intervals
+    also refresh due sessions and prune."""
     from proxy.policy_watch import sweep_connections, sweep_sessions
 
     tick = 0
     while True:
         await asyncio.sleep(interval)
         tick += 1
+        metrics.STORE_UP.set(1 if runtime.store.healthy else 0)
         try:
+            await shared.flush()
             await sweep_connections(runtime)
             if tick % every == 0:
                 await sweep_sessions(runtime)

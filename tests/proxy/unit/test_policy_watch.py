@@ -14,10 +14,11 @@ import yaml
 from proxy.admission import admit, still_holds
 from proxy.identity import to_identity
 from proxy.policy_watch import sweep_connections
+from proxy.runtime import Runtime
 from proxy.session import Session
 from proxy.settings import load_settings
 from proxy.snapshot import Snapshot, build_snapshot
-from proxy.websocket import ConnectionRegistry, LiveConnection
+from proxy.websocket import LiveConnection
 from tests.support.gate import COOKIE_SECRET
 
 HOST = "gate.example.com"
@@ -52,14 +53,11 @@ def _session(now: int) -> Session:
     )
 
 
-class _Runtime:
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-        self.registry = ConnectionRegistry()
-        self.revoked: dict[str, int] = {}
+def _runtime(snapshot: Snapshot) -> Runtime:
+    return Runtime(snapshot=snapshot, oidc=None)
 
 
-def _conn(runtime: _Runtime, session: Session, valid_until: float) -> LiveConnection:
+def _conn(runtime: Runtime, session: Session, valid_until: float) -> LiveConnection:
     conn = LiveConnection(
         session=session, host=HOST, path="/ws", source_ip="10.0.0.1", valid_until=valid_until
     )
@@ -72,12 +70,12 @@ ALICE = {"or": [{"email": {"is": "alice@example.com"}}]}
 
 async def test_a_revoked_session_is_closed_by_the_next_sweep(tmp_path: Path) -> None:
     now = int(time.time())
-    runtime = _Runtime(_snapshot(tmp_path, [{"allow": ALICE}]))
+    runtime = _runtime(_snapshot(tmp_path, [{"allow": ALICE}]))
     session = _session(now)
     kept = _conn(runtime, _session(now), float("inf"))
     conn = _conn(runtime, session, float("inf"))
     runtime.revoked[session.sid] = now + 3600
-    await sweep_connections(runtime)  # type: ignore[arg-type]
+    await sweep_connections(runtime)
     assert conn.closing and conn.close_code == 1008 and conn.close_reason == "signed out"
     assert not kept.closing
 
@@ -89,7 +87,7 @@ async def test_a_verdict_past_its_validity_is_decided_again(tmp_path: Path) -> N
         {"allow": {"and": [{"email": {"is": "alice@example.com"}},
                            {"date": {"before": bound.isoformat()}}]}}
     ]
-    runtime = _Runtime(_snapshot(tmp_path, policy))
+    runtime = _runtime(_snapshot(tmp_path, policy))
     session = _session(int(now))
     route = runtime.snapshot.routes[0]
     identity = to_identity(session, runtime.snapshot.settings.idp_groups_claim)
@@ -98,19 +96,19 @@ async def test_a_verdict_past_its_validity_is_decided_again(tmp_path: Path) -> N
     conn = _conn(runtime, session, bound.timestamp())
     # Allowed until the bound, so the sweep does not even ask.
     runtime.snapshot = _snapshot(tmp_path, [{"deny": ALICE}, {"allow": ALICE}])
-    await sweep_connections(runtime)  # type: ignore[arg-type]
+    await sweep_connections(runtime)
     assert not conn.closing
     # Past its validity it is decided again, by the policy in force.
     conn.valid_until = time.time() - 1
-    await sweep_connections(runtime)  # type: ignore[arg-type]
+    await sweep_connections(runtime)
     assert conn.closing and conn.close_reason.startswith("policy changed: deny")
 
 
 async def test_a_verdict_that_still_holds_gets_its_new_validity(tmp_path: Path) -> None:
-    runtime = _Runtime(_snapshot(tmp_path, [{"allow": ALICE}]))
+    runtime = _runtime(_snapshot(tmp_path, [{"allow": ALICE}]))
     session = _session(int(time.time()))
     conn = _conn(runtime, session, time.time() - 1)
-    await sweep_connections(runtime)  # type: ignore[arg-type]
+    await sweep_connections(runtime)
     assert not conn.closing
     # No time criterion: until the session's refresh time.
     assert conn.valid_until == session.refresh_at
@@ -118,14 +116,18 @@ async def test_a_verdict_that_still_holds_gets_its_new_validity(tmp_path: Path) 
 
 def test_still_holds() -> None:
     session = _session(1000)
-    assert still_holds(2000.0, session, {}, 1999.9)
-    assert not still_holds(2000.0, session, {}, 2000.0)
-    assert not still_holds(2000.0, session, {session.sid: 5000}, 1500.0)
-    assert still_holds(float("inf"), None, {"x": 1}, 1e12)
+
+    def never(_: Session) -> bool:
+        return False
+
+    assert still_holds(2000.0, session, never, 1999.9)
+    assert not still_holds(2000.0, session, never, 2000.0)
+    assert not still_holds(2000.0, session, lambda s: s.sid == session.sid, 1500.0)
+    assert still_holds(float("inf"), None, lambda _: True, 1e12)
 
 
 async def test_a_time_bound_does_not_wait_for_a_due_refresh(tmp_path: Path) -> None:
-    runtime = _Runtime(_snapshot(tmp_path, [{"deny": ALICE}, {"allow": ALICE}]))
+    runtime = _runtime(_snapshot(tmp_path, [{"deny": ALICE}, {"allow": ALICE}]))
     now = int(time.time())
     session = Session.create(
         sub="sub-alice", email="alice@example.com", email_verified=True, groups=[],
@@ -134,12 +136,12 @@ async def test_a_time_bound_does_not_wait_for_a_due_refresh(tmp_path: Path) -> N
     )
     assert session.needs_refresh(now)
     conn = _conn(runtime, session, time.time() - 1)
-    await sweep_connections(runtime)  # type: ignore[arg-type]
+    await sweep_connections(runtime)
     assert conn.closing and conn.close_reason.startswith("policy changed: deny")
 
 
 async def test_an_expired_session_is_closed_by_the_next_sweep(tmp_path: Path) -> None:
-    runtime = _Runtime(_snapshot(tmp_path, [{"allow": ALICE}]))
+    runtime = _runtime(_snapshot(tmp_path, [{"allow": ALICE}]))
     now = int(time.time())
     session = Session.create(
         sub="sub-alice", email="alice@example.com", email_verified=True, groups=[],
@@ -147,5 +149,5 @@ async def test_an_expired_session_is_closed_by_the_next_sweep(tmp_path: Path) ->
         refresh_token=None, id_token=None,
     )
     conn = _conn(runtime, session, float("inf"))
-    await sweep_connections(runtime)  # type: ignore[arg-type]
+    await sweep_connections(runtime)
     assert conn.closing and conn.close_reason == "session expired"
