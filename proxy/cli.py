@@ -1,4 +1,4 @@
-"""The ``clawgate`` command: serve, check, secret, keygen, probe, policy, audit."""
+"""The ``clawgate`` command: serve, check, secret, keygen, probe, policy, audit, sessions."""
 
 from __future__ import annotations
 
@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.audit import add_audit_command
 
     add_audit_command(sub)
+
+    from proxy.cli_sessions import add_sessions_commands
+
+    add_sessions_commands(sub)
     return parser
 
 
