@@ -134,6 +134,13 @@ def build_app(runtime: Runtime) -> web.Application:
     )
     app[RUNTIME] = runtime
     app[THROTTLE] = Throttle()
+    # Counts go through the store when it reaches other machines; between the
+    # workers of one machine (proxy/peers.py) otherwise.
+    app[SHARED] = SharedState(
+        runtime,
+        app[THROTTLE],
+        share_counts=runtime.snapshot.settings.databroker_storage_type != "memory",
+    )
     app[FRONTS] = []
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=defer_continue)
 
@@ -465,13 +472,9 @@ async def serve(
         host, port = parse_listen_address(settings.address)
         guard = Guard(lambda: connection_limits(runtime))
         app = main.app
-        # Counts go through the store when it reaches other machines; between the
-        # workers of one machine otherwise.
-        shared_store = settings.databroker_storage_type != "memory"
-        if peers is not None and not shared_store:
+        if peers is not None and settings.databroker_storage_type == "memory":
             peers.share_limits(app[THROTTLE])
-        shared = SharedState(runtime, app[THROTTLE], share_counts=shared_store)
-        app[SHARED] = shared
+        shared = app[SHARED]
         await shared.start()
 
         def front(fallback: Callable[[], GuardedHandler]) -> Front | None:
