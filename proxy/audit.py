@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -237,6 +238,7 @@ def audit_config(
                 "behind a TLS-terminating load balancer on a private network)",
             )
         )
+    out += _store_findings(settings)
     if settings.certificate_file is not None:
         try:
             not_after = certificate_not_after(settings.certificate_file)
@@ -474,3 +476,36 @@ def add_audit_command(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="findings as JSON")
     p.set_defaults(func=cmd_audit)
+
+
+def _store_findings(settings: Settings) -> list[Finding]:
+    """The shared store is where sign-outs live: reachable in the clear, anyone on the
+    path could read sign-in state or forge "not signed out"."""
+    secret = settings.databroker_storage_connection_string
+    if settings.databroker_storage_type != "redis" or secret is None:
+        return []
+    parts = urlsplit(secret.get_secret_value())
+    out: list[Finding] = []
+    hosts = [h.rpartition(":")[0] or h for h in parts.netloc.rpartition("@")[2].split(",")]
+    remote = [h for h in hosts if h.strip("[]") not in ("localhost", "127.0.0.1", "::1")]
+    if not parts.scheme.startswith("rediss") and remote:
+        out.append(
+            Finding(
+                "medium",
+                "databroker_storage_connection_string",
+                "the Redis store is reached without TLS: sign-outs, sign-in state and "
+                "refreshed sessions cross the network in the clear",
+                "use rediss:// (or keep Redis on a private network only clawgate reaches)",
+            )
+        )
+    if "@" not in parts.netloc or not parts.password:
+        out.append(
+            Finding(
+                "medium",
+                "databroker_storage_connection_string",
+                "the Redis store has no password: anything that reaches it can sign users "
+                "back in (delete sign-outs) or replay sign-ins",
+                "set requirepass (or an ACL user) on Redis and put it in the connection string",
+            )
+        )
+    return out

@@ -196,3 +196,27 @@ async def test_deep_probe_of_a_running_deployment(
         assert any(
             "unauthenticated request" in f["message"] and f["severity"] == "high" for f in findings
         ), findings
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rediss://:pw@redis.internal:6380/0", set()),
+        ("redis://:pw@127.0.0.1:6379", set()),
+        ("redis://:pw@redis.internal:6379", {"without TLS"}),
+        ("rediss://redis.internal:6380", {"no password"}),
+        ("redis://redis.internal:6379", {"without TLS", "no password"}),
+        ("redis+sentinel://:pw@s1:26379,127.0.0.1:26379/main", {"without TLS"}),
+    ],
+)
+def test_shared_store_connection(tmp_path: Path, url: str, expected: set[str]) -> None:
+    config = sound_config(tmp_path) | {
+        "databroker_storage_type": "redis",
+        "databroker_storage_connection_string": url,
+    }
+    code, findings = audit("--config", str(write(tmp_path, config)))
+    store = [f for f in findings if f["key"] == "databroker_storage_connection_string"]
+    said = {marker for marker in ("without TLS", "no password")
+            for f in store if marker in f["message"]}
+    assert said == expected, store
+    assert all("pw" not in json.dumps(f) for f in findings)  # never the password
