@@ -611,7 +611,9 @@ def test_healthcheck_and_upstream_match_config(
     assert str(upstream.port) in service(compose, "openclaw-gateway")["expose"]
 
 
-def test_openclaw_config_trusts_exactly_clawgate(config: dict[str, Any]) -> None:
+def test_openclaw_config_trusts_exactly_clawgate(
+    config: dict[str, Any], compose: dict[str, Any]
+) -> None:
     path = OPENCLAW_DIR / "openclaw.json"
     assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
     # OpenClaw reads JSON5 (comments, unquoted keys), as its own docs write it.
@@ -620,7 +622,15 @@ def test_openclaw_config_trusts_exactly_clawgate(config: dict[str, Any]) -> None
     except ValueError as exc:
         pytest.fail(f"{path.relative_to(ROOT)} is not valid JSON5: {exc}")
     gateway = openclaw["gateway"]
-    assert gateway["trustedProxies"] == [CLAWGATE_INTERNAL_IP]
+    # Exactly the addresses clawgate's services have on the gateway's network (the
+    # replicas profile's included), nothing wider.
+    clawgates = sorted(
+        svc["networks"]["internal"]["ipv4_address"]
+        for name, svc in compose["services"].items()
+        if name.startswith("clawgate") and "internal" in (svc.get("networks") or {})
+    )
+    assert CLAWGATE_INTERNAL_IP in clawgates and len(clawgates) == 3
+    assert sorted(gateway["trustedProxies"]) == clawgates
     assert gateway["auth"]["mode"] == "trusted-proxy"
     user_header = gateway["auth"]["trustedProxy"]["userHeader"].lower()
     assert user_header in {h.lower() for h in config["jwt_claims_headers"]}
