@@ -364,3 +364,82 @@ async def test_a_rate_limit_holds_for_the_deployment(
         assert allowed * 0.9 <= admitted <= allowed * 1.1, (admitted, refused, allowed)
     finally:
         await group.stop()
+
+
+async def readyz(gate: GateProcess) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as client, client.get(
+        f"http://{gate.config['health_address']}/readyz"
+    ) as r:
+        return r.status, await r.json()
+
+
+async def eventually(check: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_redis_down_degrades_and_reconciles(replicas: Replicas) -> None:
+    """Redis stopped (SIGSTOP), then killed and restarted empty: no request hangs, the
+    sessions each replica knows keep working, new sign-ins are refused with a clear
+    503, /readyz says so, a sign-out made meanwhile reaches the other replicas once
+    Redis is back, and what each replica knew survives Redis losing its data."""
+    browser, cookie = await signed_in(replicas)
+    await browser.close()
+    assert (await readyz(replicas.gates[0]))[1]["store"] == {"backend": "redis", "reachable": True}
+    replicas.redis.pause()
+    try:
+        async def degraded() -> bool:
+            status, body = await readyz(replicas.gates[1])
+            return status == 200 and body["status"] == "degraded"
+
+        await eventually(degraded, 6.0, "readyz reports the store unreachable")
+        for index in range(3):  # served from what each replica knows, without waiting
+            started = time.monotonic()
+            assert await status_on(replicas, index, cookie) == 200
+            assert time.monotonic() - started < 1.0
+        # A new sign-in cannot have its single-use state guaranteed: refused, in bounded time.
+        async with client_session() as other:
+            started = time.monotonic()
+            page = await login(other, f"{replicas.url(0)}/", ALICE.username, ALICE.password)
+            assert page.status == 503 and "Sign-in unavailable" in await page.text()
+            assert time.monotonic() - started < 10
+
+        async def logged() -> bool:  # the log reaches its file a moment later
+            return '"reason":"store_unavailable"' in replicas.gates[0].log_text()
+
+        await eventually(logged, 3.0, "the refusal's reason in the log")
+        # A sign-out on replica 0 while Redis is away: in force there at once.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=False), cookie_jar=aiohttp.CookieJar(unsafe=True)
+        ) as holder:
+            headers = {"Cookie": cookie, "Host": replicas.host, **JSON}
+            async with holder.get(f"{replicas.url(0)}/.clawgate/user", headers=headers) as r:
+                csrf = (await r.json())["csrf"]
+            async with holder.post(
+                f"{replicas.url(0)}/.clawgate/sign_out", data={"csrf": csrf},
+                headers={"Cookie": cookie, "Host": replicas.host}, allow_redirects=False,
+            ) as r:
+                assert r.status == 302
+        assert await status_on(replicas, 0, cookie) == 401
+        assert await status_on(replicas, 1, cookie) == 200  # it cannot know yet
+    finally:
+        replicas.redis.resume()
+
+    async def reconciled() -> bool:
+        return all([await status_on(replicas, i, cookie) == 401 for i in range(3)])
+
+    await eventually(reconciled, 5.0, "the sign-out made during the outage reached every replica")
+
+    async def ready() -> bool:
+        return (await readyz(replicas.gates[2]))[1]["status"] == "ok"
+
+    await eventually(ready, 5.0, "readyz ok again")
+    # Redis killed and restarted empty: the replicas reconnect and keep what they knew.
+    await replicas.redis.restart()
+    await eventually(ready, 10.0, "readyz ok after Redis lost its data")
+    for index in range(3):
+        assert await status_on(replicas, index, cookie) == 401
+    for gate in replicas.gates:
+        assert "Traceback" not in gate.log_text()
