@@ -292,7 +292,7 @@ async def sign_out(runtime: Runtime, request: web.Request, route: str | None) ->
     if shared is not None:
         await shared.sign_out(revocation)
     else:
-        runtime.revoke(session.sid, session.expires_at)
+        runtime.revoke(revocation)
     closed = await runtime.registry.close_session(session.sid, "signed out")
     log.info("sign_out", user=session.email or session.sub, websockets_closed=closed)
     target = SIGNED_OUT

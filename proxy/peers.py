@@ -26,7 +26,9 @@ from pathlib import Path
 
 import structlog
 
+from proxy.policy_watch import close_signed_out
 from proxy.runtime import Runtime
+from proxy.store import Revocation
 from proxy.throttle import SCOPES, Throttle
 
 log = structlog.get_logger("clawgate.peers")
@@ -89,8 +91,10 @@ class Peers:
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
-    def broadcast(self, sid: str, until: int) -> None:
-        self._send([json.dumps({"revoke": sid, "until": until}).encode()], reports=False)
+    def broadcast(self, revocation: Revocation) -> None:
+        r = revocation
+        message = {"revocation": [r.kind, r.subject, r.not_before, r.until]}
+        self._send([json.dumps(message).encode()], reports=False)
 
     def _send(self, messages: list[bytes], *, reports: bool) -> None:
         siblings = {str(p) for p in self._dir.glob("worker-*.sock") if p != self._path}
@@ -152,12 +156,12 @@ class Peers:
                 if "admitted" in doc:
                     self._charge(doc["admitted"])
                     continue
-                sid, until = str(doc["revoke"]), int(doc["until"])
+                revocation = _revocation(doc["revocation"])
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("peer_message_ignored")
                 continue
-            self._runtime.revoke(sid, until, broadcast=False)
-            task = asyncio.ensure_future(self._runtime.registry.close_session(sid, "signed out"))
+            self._runtime.revoke(revocation, broadcast=False)
+            task = asyncio.ensure_future(close_signed_out(self._runtime))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
@@ -179,6 +183,18 @@ class Peers:
             now = time.monotonic()
             for scope, counts in checked:
                 self._throttle.charge(scope, counts, now)
+
+
+def _revocation(fields: object) -> Revocation:
+    """A sign-out from a sibling's message, checked whole (ValueError otherwise)."""
+    if not isinstance(fields, list) or len(fields) != 4:
+        raise ValueError("bad revocation")
+    kind, subject, not_before, until = fields
+    if kind not in ("session", "user", "all") or not isinstance(subject, str):
+        raise ValueError("bad revocation")
+    if type(not_before) is not int or type(until) is not int:
+        raise ValueError("bad revocation")
+    return Revocation(kind, subject, not_before, until)
 
 
 def _report_messages(scope: str, counts: Mapping[str, int]) -> list[bytes]:

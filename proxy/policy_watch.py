@@ -50,6 +50,19 @@ async def _close(conn: LiveConnection, reason: str, logged: str | None = None) -
     await conn.close(POLICY_VIOLATION, reason)
 
 
+async def close_signed_out(runtime: Runtime) -> int:
+    """Close, with 1008, the WebSockets whose session a sign-out now covers (the moment
+    one arrives; the next sweep would find them within a second anyway)."""
+
+    def covered(conn: LiveConnection) -> str | None:
+        session = conn.session
+        if session is None or conn.closing or not runtime.refuses(session):
+            return None
+        return "signed out"
+
+    return await runtime.registry.close_where(covered)
+
+
 async def sweep_connections(runtime: Runtime) -> None:
     """Close what no longer holds: a revoked session (a sign-out that reached this
     process while the socket's handshake ran is caught here too), and connections

@@ -55,14 +55,15 @@ class Runtime:
 
     # Private directory shared with sibling workers (refresh hand-over), or None.
     shared_dir: Path | None = None
-    # Called with every revocation made here (proxy/peers.py tells sibling workers).
-    revoke_hooks: list[Callable[[str, int], None]] = field(default_factory=list)
+    # Called with every sign-out made here (proxy/peers.py tells sibling workers).
+    revoke_hooks: list[Callable[[Revocation], None]] = field(default_factory=list)
 
-    def revoke(self, sid: str, until: int, *, broadcast: bool = True) -> None:
-        self.revoked[sid] = until
+    def revoke(self, revocation: Revocation, *, broadcast: bool = True) -> None:
+        """A sign-out made here (or, ``broadcast`` False, told by a sibling worker)."""
+        self.apply(revocation)
         if broadcast:
             for hook in self.revoke_hooks:
-                hook(sid, until)
+                hook(revocation)
 
     def refuses(self, session: Session) -> bool:
         """Whether a sign-out seen by this instance covers ``session``: the one check

@@ -20,10 +20,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from proxy.policy_watch import close_signed_out
 from proxy.runtime import Runtime
 from proxy.store import Revocation, StoreError
 from proxy.throttle import SCOPES, Throttle
-from proxy.websocket import LiveConnection
 
 log = structlog.get_logger("clawgate.store")
 
@@ -64,10 +64,7 @@ class SharedState:
         """A sign-out made here: in force here at once, then shared; False when the
         store did not take it (this process group still refuses the session)."""
         runtime = self._runtime
-        if revocation.kind == "session":
-            runtime.revoke(revocation.subject, revocation.until)
-        else:
-            runtime.apply(revocation)
+        runtime.revoke(revocation)
         self._close_covered(revocation)
         try:
             await runtime.store.revoke(revocation)
@@ -101,17 +98,7 @@ class SharedState:
         self._close_covered(revocation)
 
     def _close_covered(self, revocation: Revocation) -> None:
-        runtime = self._runtime
-
-        def covered(conn: LiveConnection) -> str | None:
-            session = conn.session
-            if session is None or conn.closing or not runtime.refuses(session):
-                return None
-            return "signed out"
-
-        if not any(covered(conn) for conn in runtime.registry):
-            return
-        task = asyncio.ensure_future(runtime.registry.close_where(covered))
+        task = asyncio.ensure_future(close_signed_out(self._runtime))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 

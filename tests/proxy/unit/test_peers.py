@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from proxy.peers import _REPORT_BYTES, REPORT_DELAY, Peers, _report_messages
 from proxy.settings import RateLimit, RateLimits
+from proxy.store import Revocation
 from proxy.throttle import Throttle
 
 LIMITS = RateLimits(
@@ -115,7 +116,7 @@ async def test_a_sibling_with_a_full_queue_still_gets_every_sign_out(tmp_path: P
                 throttle_a.check_user(f"u{round_}", now)
                 await asyncio.sleep(REPORT_DELAY * 1.5)
                 if round_ == 50:
-                    a.broadcast("sid-1", 123)
+                    a.broadcast(Revocation("session", "sid-1", 0, 123))
         said = [x for x in logs if x["event"] == "peer_reports_dropped"]
         assert len(said) == 1 and said[0]["reports"] > 0  # said, and not once per report
         received, idle = [], 0
@@ -126,7 +127,7 @@ async def test_a_sibling_with_a_full_queue_still_gets_every_sign_out(tmp_path: P
             except BlockingIOError:
                 idle += 1
                 await asyncio.sleep(REPORT_DELAY * 2)
-        assert {"revoke": "sid-1", "until": 123} in received
+        assert {"revocation": ["session", "sid-1", 0, 123]} in received
         reports = [m for m in received if "admitted" in m]
         # Some reports were dropped (more waited than are kept), none twice.
         assert 10 < len(reports) < 100
