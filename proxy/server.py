@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from proxy import metrics, pages
+from proxy import metrics, pages, revoke_request
 from proxy.connlimit import (
     MAX_FIELD_SIZE,
     MAX_LINE_SIZE,
@@ -185,8 +185,27 @@ def redirect_app(runtime: Runtime) -> web.Application:
     return app
 
 
-def health_app(runtime: Runtime) -> web.Application:
+def health_app(runtime: Runtime, shared: SharedState | None = None) -> web.Application:
     probe = UpstreamProbe()
+
+    async def revoke(request: web.Request) -> web.Response:
+        """``clawgate sessions revoke`` with the memory store (proxy/revoke_request.py)."""
+        settings = runtime.snapshot.settings
+        try:
+            revocation = revoke_request.read(
+                await request.content.read(4097),
+                request.headers.get(revoke_request.SIGNATURE_HEADER, ""),
+                [s.get_secret_value() for s in settings.cookie_secret],
+                int(time.time()),
+            )
+        except revoke_request.RevokeRequestError as exc:
+            log.warning("sessions_revoke_refused", reason=str(exc))
+            return web.json_response({"error": str(exc)}, status=403)
+        if shared is None:
+            return web.json_response({"error": "not serving"}, status=503)
+        await shared.sign_out(revocation)
+        log.info("sessions_revoked", kind=revocation.kind)
+        return web.json_response({"status": "signed out"})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -220,6 +239,7 @@ def health_app(runtime: Runtime) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post(revoke_request.PATH, revoke)
     return app
 
 
@@ -518,7 +538,9 @@ async def serve(
             ).start()
         if settings.health_address and first:
             h_host, h_port = parse_listen_address(settings.health_address)
-            health = web.AppRunner(health_app(runtime), access_log=None, handle_signals=False)
+            health = web.AppRunner(
+                health_app(runtime, shared), access_log=None, handle_signals=False
+            )
             await health.setup()
             runners.append(health)
             await web.TCPSite(health, h_host or None, h_port).start()
