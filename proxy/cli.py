@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from proxy.assertion import generate_signing_key
 from proxy.session import SessionCodec
-from proxy.settings import ConfigError, unknown_environment
+from proxy.settings import ConfigError, Settings, unknown_environment
 
 if TYPE_CHECKING:
     from proxy.snapshot import Snapshot
@@ -91,6 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"  signing:  {'GENERATED AT START' if snap.keys.ephemeral_signing_key else 'set'} "
         f"(kid {snap.keys.signer.kid})"
     )
+    print(f"  store:    {_store_summary(s)}")
     if s.ignored_pomerium_keys():
         print(
             f"  ignored:  {', '.join(s.ignored_pomerium_keys())} (Pomerium keys clawgate "
@@ -115,6 +116,19 @@ def cmd_check(args: argparse.Namespace) -> int:
             + (f" [{', '.join(flags)}]" if flags else "")
         )
     return 0
+
+
+def _store_summary(s: Settings) -> str:
+    """Where shared state goes, never with the connection string's password."""
+    if s.databroker_storage_type == "memory":
+        return "memory (this machine's processes only)"
+    from urllib.parse import urlsplit
+
+    secret = s.databroker_storage_connection_string
+    parts = urlsplit(secret.get_secret_value() if secret is not None else "")
+    where = parts.netloc.rpartition("@")[2]
+    prefix = s.databroker_storage_key_prefix
+    return f"redis {parts.scheme}://{where}{parts.path}, key prefix {prefix!r}"
 
 
 def cmd_secret(args: argparse.Namespace) -> int:

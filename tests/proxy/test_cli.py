@@ -122,3 +122,23 @@ def test_probe_needs_every_url_to_answer_2xx() -> None:
         assert run("probe", "--url", "http://127.0.0.1:1/").returncode == 1
     finally:
         server.shutdown()
+
+
+def test_check_names_the_store_without_its_password(tmp_path: Path) -> None:
+    memory = tmp_path / "memory.yaml"
+    memory.write_text(CONFIG)
+    assert "store:    memory" in run("check", "--config", str(memory)).stdout
+    secret = tmp_path / "redis_url"
+    secret.write_text("rediss://:s3cr3t-pw@redis.internal:6380/2\n")
+    shared = tmp_path / "redis.yaml"
+    shared.write_text(CONFIG + "databroker_storage_type: redis\n"
+                      f"databroker_storage_connection_string_file: {secret}\n")
+    result = run("check", "--config", str(shared))
+    assert result.returncode == 0, result.stderr
+    assert "store:    redis rediss://redis.internal:6380/2, key prefix 'clawgate:'" in result.stdout
+    assert "s3cr3t" not in result.stdout + result.stderr
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(CONFIG + "databroker_storage_type: redis\n")
+    result = run("check", "--config", str(wrong))
+    assert result.returncode == 2
+    assert "databroker_storage_connection_string" in result.stderr

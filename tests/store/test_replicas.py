@@ -443,3 +443,35 @@ async def test_redis_down_degrades_and_reconciles(replicas: Replicas) -> None:
         assert await status_on(replicas, index, cookie) == 401
     for gate in replicas.gates:
         assert "Traceback" not in gate.log_text()
+
+
+async def test_replicas_on_a_redis_with_tls_and_a_password(
+    idp: TestIdP, upstream: Upstream, tmp_path: Path
+) -> None:
+    """The same sign-out everywhere over rediss:// with requirepass; the password never
+    reaches a log."""
+    async with RedisServer(password="correct horse battery", tls=True) as secured:
+        group = Replicas(idp, upstream, secured, tmp_path)
+        try:
+            await group.start(2)
+            browser, cookie = await signed_in(group)
+            async with browser:
+                client, ws = await websocket_on(group, 1, cookie)
+                try:
+                    async with browser.get(f"{group.url(0)}/.clawgate/user", headers=JSON) as r:
+                        csrf = (await r.json())["csrf"]
+                    async with browser.post(
+                        f"{group.url(0)}/.clawgate/sign_out", data={"csrf": csrf},
+                        allow_redirects=False,
+                    ) as r:
+                        assert r.status == 302
+                    closing = asyncio.ensure_future(closed_within(ws, 1.0))
+                    assert await refused_within(group, 1, cookie, 1.0) < 1.0
+                    assert await closing < 1.0
+                finally:
+                    await client.close()
+        finally:
+            await group.stop()
+        for gate in group.gates:
+            assert "correct horse" not in gate.log_text()
+            assert "store_connected" in gate.log_text()
