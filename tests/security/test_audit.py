@@ -214,7 +214,7 @@ def test_shared_store_connection(tmp_path: Path, url: str, expected: set[str]) -
         "databroker_storage_type": "redis",
         "databroker_storage_connection_string": url,
     }
-    code, findings = audit("--config", str(write(tmp_path, config)))
+    _, findings = audit("--config", str(write(tmp_path, config)))
     store = [f for f in findings if f["key"] == "databroker_storage_connection_string"]
     said = {marker for marker in ("without TLS", "no password")
             for f in store if marker in f["message"]}

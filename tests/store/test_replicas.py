@@ -156,19 +156,27 @@ async def signed_in(replicas: Replicas) -> tuple[aiohttp.ClientSession, str]:
     return browser, cookie
 
 
+async def sign_out(replicas: Replicas, cookie: str, index: int = 0) -> None:
+    """Sign out through replica ``index`` as the browser would (its CSRF token, a POST)."""
+    headers = {"Cookie": cookie, "Host": replicas.host}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as client:
+        async with client.get(
+            f"{replicas.url(index)}/.clawgate/user", headers={**headers, **JSON}
+        ) as r:
+            csrf = (await r.json())["csrf"]
+        async with client.post(
+            f"{replicas.url(index)}/.clawgate/sign_out", data={"csrf": csrf},
+            headers=headers, allow_redirects=False,
+        ) as r:
+            assert r.status == 302
+
+
 async def test_sign_out_on_one_replica_holds_on_all(replicas: Replicas) -> None:
     browser, cookie = await signed_in(replicas)
     async with browser:
         client, ws = await websocket_on(replicas, 2, cookie)
         try:
-            async with browser.get(f"{replicas.url(0)}/.clawgate/user", headers=JSON) as r:
-                csrf = (await r.json())["csrf"]
-            async with browser.post(
-                f"{replicas.url(0)}/.clawgate/sign_out",
-                data={"csrf": csrf},
-                allow_redirects=False,
-            ) as r:
-                assert r.status == 302
+            await sign_out(replicas, cookie)
             closing = asyncio.ensure_future(closed_within(ws, 1.0))
             assert await refused_within(replicas, 1, cookie, 1.0) < 1.0
             assert await closing < 1.0
@@ -273,12 +281,7 @@ async def test_a_replica_that_was_down_catches_up(replicas: Replicas) -> None:
     browser, cookie = await signed_in(replicas)
     async with browser:
         await asyncio.to_thread(replicas.gates[1].stop)
-        async with browser.get(f"{replicas.url(0)}/.clawgate/user", headers=JSON) as r:
-            csrf = (await r.json())["csrf"]
-        async with browser.post(
-            f"{replicas.url(0)}/.clawgate/sign_out", data={"csrf": csrf}, allow_redirects=False
-        ) as r:
-            assert r.status == 302
+        await sign_out(replicas, cookie)
         gate = replicas.gates[1]
         restarted = GateProcess(gate.config, gate.path.parent)
         await asyncio.to_thread(restarted.start)
@@ -411,17 +414,7 @@ async def test_redis_down_degrades_and_reconciles(replicas: Replicas) -> None:
 
         await eventually(logged, 3.0, "the refusal's reason in the log")
         # A sign-out on replica 0 while Redis is away: in force there at once.
-        async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=False), cookie_jar=aiohttp.CookieJar(unsafe=True)
-        ) as holder:
-            headers = {"Cookie": cookie, "Host": replicas.host, **JSON}
-            async with holder.get(f"{replicas.url(0)}/.clawgate/user", headers=headers) as r:
-                csrf = (await r.json())["csrf"]
-            async with holder.post(
-                f"{replicas.url(0)}/.clawgate/sign_out", data={"csrf": csrf},
-                headers={"Cookie": cookie, "Host": replicas.host}, allow_redirects=False,
-            ) as r:
-                assert r.status == 302
+        await sign_out(replicas, cookie)
         assert await status_on(replicas, 0, cookie) == 401
         assert await status_on(replicas, 1, cookie) == 200  # it cannot know yet
     finally:
@@ -458,13 +451,7 @@ async def test_replicas_on_a_redis_with_tls_and_a_password(
             async with browser:
                 client, ws = await websocket_on(group, 1, cookie)
                 try:
-                    async with browser.get(f"{group.url(0)}/.clawgate/user", headers=JSON) as r:
-                        csrf = (await r.json())["csrf"]
-                    async with browser.post(
-                        f"{group.url(0)}/.clawgate/sign_out", data={"csrf": csrf},
-                        allow_redirects=False,
-                    ) as r:
-                        assert r.status == 302
+                    await sign_out(group, cookie)
                     closing = asyncio.ensure_future(closed_within(ws, 1.0))
                     assert await refused_within(group, 1, cookie, 1.0) < 1.0
                     assert await closing < 1.0
