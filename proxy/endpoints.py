@@ -129,7 +129,8 @@ async def callback(runtime: Runtime, request: web.Request, route: str | None) ->
     state = request.query.get("state", "")
 
     def fail(status: int, title: str, detail: str, code: str) -> web.Response:
-        log.warning("sign_in_failed", reason=code)
+        # The detail is what the page says too: never a token or a secret.
+        log.warning("sign_in_failed", reason=code, detail=detail)
         resp = pages.error(request, status, title, detail, error_code=code, request_id=rid)
         if _STATE_RE.match(state):
             resp.del_cookie(login_cookie_name(runtime, state), path="/")

@@ -47,6 +47,11 @@ _PROTOCOL_CLAIMS = frozenset(
         "acr",
         "amr",
         "s_hash",
+        # Aggregated and distributed claims (OpenID Connect Core 5.6.2): references to
+        # claims held elsewhere, and a source may carry an access token. clawgate does
+        # not resolve them, and a token must never reach a cookie, header or assertion.
+        "_claim_names",
+        "_claim_sources",
     }
 )
 _refreshing: dict[str, asyncio.Future[Session | None]] = {}

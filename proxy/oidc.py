@@ -34,6 +34,7 @@ _ALGS_BY_KTY = {
     "EC": ["ES256", "ES384", "ES512"],
     "OKP": ["EdDSA"],
 }
+_ALLOWED_ALGS = frozenset(alg for algs in _ALGS_BY_KTY.values() for alg in algs)
 _METADATA_TTL = 3600.0
 _JWKS_MIN_REFETCH = 10.0
 
@@ -98,9 +99,11 @@ class OidcClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._metadata: ProviderMetadata | None = None
         self._metadata_at = 0.0
-        self._jwks: dict[str, jwt.PyJWK] = {}
+        # Signing keys by kid (or "#<index>" when the provider gives none), each with
+        # the "alg" its JWK names, if any.
+        self._jwks: dict[str, tuple[jwt.PyJWK, str | None]] = {}
         self._jwks_at = 0.0
-        self._missing_kids: dict[str | None, float] = {}
+        self._missing_kids: dict[tuple[str | None, str], float] = {}
         self._lock = asyncio.Lock()
         self._jwks_lock = asyncio.Lock()
 
@@ -131,51 +134,75 @@ class OidcClient:
             self._metadata_at = time.monotonic()
             return meta
 
-    async def _key_for(self, kid: str | None) -> jwt.PyJWK:
-        key = self._find_key(kid)
+    async def _key_for(self, kid: str | None, alg: str) -> jwt.PyJWK:
+        key, problem = self._find_key(kid, alg)
         if key is not None:
             return key
-        # Unknown kid: the provider has most likely just rotated its keys, so refetch at once
-        # (a time-based throttle would fail every sign-in right after a rotation). Concurrent
-        # verifications share one fetch, and a kid still missing afterwards is remembered for
-        # a while, so repeated bad kids cannot turn into a stream of fetches.
+        # Unknown kid (or no single key for this alg): the provider has most likely just
+        # rotated its keys, so refetch at once (a time-based throttle would fail every
+        # sign-in right after a rotation). Concurrent verifications share one fetch, and
+        # a miss still there afterwards is remembered for a while, so repeated bad
+        # tokens cannot turn into a stream of fetches.
         loaded_at = self._jwks_at
+        wanted = (kid, alg)
         async with self._jwks_lock:
-            key = self._find_key(kid)
+            key, problem = self._find_key(kid, alg)
             if key is not None:
                 return key
-            missed = self._missing_kids.get(kid)
+            missed = self._missing_kids.get(wanted)
             fresh = self._jwks_at != loaded_at  # another task refetched while we waited
             if not fresh and (missed is None or time.monotonic() - missed >= _JWKS_MIN_REFETCH):
                 await self._load_jwks()
-                key = self._find_key(kid)
+                key, problem = self._find_key(kid, alg)
                 if key is not None:
-                    self._missing_kids.pop(kid, None)
+                    self._missing_kids.pop(wanted, None)
                     return key
                 if len(self._missing_kids) >= 64:
                     self._missing_kids.clear()
-                self._missing_kids[kid] = time.monotonic()
-        raise OidcError("unknown_signing_key", "the ID token is signed with an unknown key")
+                self._missing_kids[wanted] = time.monotonic()
+        if problem == "ambiguous_signing_key":
+            raise OidcError(
+                problem,
+                f"the ID token names no key (kid) and the provider has several {alg} keys",
+            )
+        if problem == "alg_not_allowed":
+            raise OidcError(problem, f"the ID token's key is not for {alg}")
+        raise OidcError(problem, "the ID token is signed with an unknown key")
 
-    def _find_key(self, kid: str | None) -> jwt.PyJWK | None:
+    def _find_key(self, kid: str | None, alg: str) -> tuple[jwt.PyJWK | None, str]:
+        """The key for a token: by kid when it names one; else the one signing key whose
+        type (and "alg", if its JWK says) fits the token's alg. With the reason when none."""
         if kid is not None:
-            return self._jwks.get(kid)
-        if len(self._jwks) == 1:
-            return next(iter(self._jwks.values()))
-        return None
+            found = self._jwks.get(kid)
+            if found is None:
+                return None, "unknown_signing_key"
+            if found[1] not in (None, alg):
+                return None, "alg_not_allowed"  # the key is for another algorithm
+            return found[0], ""
+        fits = [
+            key
+            for key, key_alg in self._jwks.values()
+            if alg in _ALGS_BY_KTY.get(str(key.key_type), ()) and key_alg in (None, alg)
+        ]
+        if len(fits) == 1:
+            return fits[0], ""
+        return None, "ambiguous_signing_key" if fits else "unknown_signing_key"
 
     async def _load_jwks(self) -> None:
         meta = await self.metadata()
         doc = await self._get_json(meta.jwks_uri)
-        keys: dict[str, jwt.PyJWK] = {}
+        keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}
         for i, raw in enumerate(doc.get("keys", []) if isinstance(doc, dict) else []):
             if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
-                continue
+                continue  # encryption keys are never used to verify
+            alg = raw.get("alg")
+            if alg is not None and alg not in _ALLOWED_ALGS:
+                continue  # an encryption or symmetric key without "use"
             try:
                 key = jwt.PyJWK(raw)
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
                 continue  # keys we cannot use (unknown kty/alg) are skipped, not fatal
-            keys[str(raw.get("kid", f"#{i}"))] = key
+            keys[str(raw.get("kid", f"#{i}"))] = (key, alg if isinstance(alg, str) else None)
         self._jwks = keys
         self._jwks_at = time.monotonic()
 
@@ -295,16 +322,28 @@ class OidcClient:
                         "idp_unreachable",
                         f"the identity provider's token endpoint answered {status}",
                     )
-                payload = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
+                content_type = resp.content_type
+                answer = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise OidcError(
                 "idp_unreachable",
                 f"the identity provider's token endpoint failed ({type(exc).__name__})",
             ) from None
+        try:
+            payload = json.loads(answer)
+        except (ValueError, UnicodeDecodeError):
+            # An answer, but not the JSON RFC 6749 5.2 requires (an HTML error page, say):
+            # a refusal all the same, not an unreachable provider.
+            raise OidcError(
+                "token_error",
+                f"the identity provider refused the token request ({status}, "
+                f"{content_type or 'no content type'}, not JSON)",
+            ) from None
         if status != 200 or not isinstance(payload, dict):
             err = payload.get("error") if isinstance(payload, dict) else None
+            detail = str(err)[:64] if err is not None else status
             raise OidcError(
-                "token_error", f"the identity provider refused the token request ({err or status})"
+                "token_error", f"the identity provider refused the token request ({detail})"
             )
         return payload
 
@@ -336,13 +375,19 @@ class OidcClient:
         except jwt.PyJWTError:
             raise OidcError("bad_id_token", "the ID token is malformed") from None
         alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in _ALLOWED_ALGS:
+            # "none" and HMAC among them: refused before any key is looked at.
+            raise OidcError(
+                "alg_not_allowed",
+                f"the ID token is signed with {str(alg)[:20]!r}, which is not accepted",
+            )
         kid = header.get("kid")
-        key = await self._key_for(kid if isinstance(kid, str) else None)
-        allowed = _ALGS_BY_KTY.get(str(key.key_type), [])
-        if key.algorithm_name and key.algorithm_name in allowed:
-            allowed = [key.algorithm_name]
-        if alg not in allowed:
-            raise OidcError("bad_id_token", "the ID token uses an algorithm that is not accepted")
+        key = await self._key_for(kid if isinstance(kid, str) else None, alg)
+        if alg not in _ALGS_BY_KTY.get(str(key.key_type), []):
+            raise OidcError(
+                "alg_not_allowed", f"the ID token's {alg} does not fit its {key.key_type} key"
+            )
+        allowed = [alg]
         try:
             claims: dict[str, Any] = jwt.decode(
                 id_token,

@@ -52,6 +52,12 @@ class EvilIdP:
     grants: dict[str, Grant] = field(default_factory=dict)
     nonces: list[str] = field(default_factory=list)
     token_requests: int = 0
+    # More JWKS entries beside the signing key (other keys, encryption keys), and
+    # whether the signing key's entry names its kid.
+    extra_jwks: list[dict[str, Any]] = field(default_factory=list)
+    jwk_has_kid: bool = True
+    # Set: the token endpoint answers with it instead (status, content type, body).
+    token_answer: tuple[int, str, bytes] | None = None
     _runner: web.AppRunner | None = None
 
     @property
@@ -120,7 +126,10 @@ class EvilIdP:
             )
 
         async def jwks(request: web.Request) -> web.Response:
-            return web.json_response({"keys": [self.jwk()]})
+            own = self.jwk()
+            if not self.jwk_has_kid:
+                del own["kid"]
+            return web.json_response({"keys": [*self.extra_jwks, own]})
 
         async def auth(request: web.Request) -> web.Response:
             q = request.query
@@ -131,6 +140,9 @@ class EvilIdP:
 
         async def token(request: web.Request) -> web.Response:
             self.token_requests += 1
+            if self.token_answer is not None:
+                status, content_type, body = self.token_answer
+                return web.Response(status=status, body=body, content_type=content_type)
             form = await request.post()
             grant = self.grants.get(str(form.get("code", "")))
             if grant is None:

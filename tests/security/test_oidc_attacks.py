@@ -15,11 +15,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.security.evil_idp import CLIENT_ID, CLIENT_SECRET, EvilIdP, Grant
 from tests.security.helpers import COOKIE, bare_client, cookie_header, gate_for
@@ -273,3 +275,139 @@ async def test_idp_error_and_no_login_in_progress(
                 assert r.status == 400 and "Traceback" not in body
     assert evil.token_requests == 0
     assert upstream.seen.requests == []
+
+
+# --- key choice, refusals said precisely (OpenID Connect RP conformance) -----------------
+
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_jwk(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, **extra: Any) -> dict[str, Any]:
+    algorithm: Any = (
+        jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey)
+        else jwt.algorithms.ECAlgorithm
+    )
+    return {**json.loads(algorithm.to_jwk(key.public_key())), **extra}
+
+
+def kidless(idp: EvilIdP, g: Grant) -> str:
+    return jwt.encode(idp.claims(g), idp.key, algorithm="RS256")
+
+
+class Recorded:
+    """Stands in for the callback's logger: what it was told, line by line."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def __getattr__(self, level: str) -> Callable[..., None]:
+        def say(event: str, **fields: Any) -> None:
+            self.lines.append({"event": event, "level": level, **fields})
+
+        return say
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    from proxy import endpoints
+
+    recorded = Recorded()
+    monkeypatch.setattr(endpoints, "log", recorded)
+    return recorded.lines
+
+
+def reasons(logs: list[dict[str, Any]]) -> list[str]:
+    return [x.get("reason", "") for x in logs if x.get("event") == "sign_in_failed"]
+
+
+async def test_a_token_without_kid_is_verified_with_the_one_key_that_fits(
+    evil: EvilIdP, evil_gate: Gate
+) -> None:
+    """One RSA and one EC signing key, and encryption keys: the RS256 token without a
+    kid can only be the RSA signing key's."""
+    evil.jwk_has_kid = False
+    evil.extra_jwks = [
+        public_jwk(EC_KEY, kid="ec-1", use="sig", alg="ES256"),
+        public_jwk(OTHER_RSA, kid="enc-1", use="enc", alg="RSA-OAEP"),
+        public_jwk(OTHER_RSA, kid="enc-2", alg="RSA-OAEP-256"),  # "enc" by its alg alone
+    ]
+    evil.forge = kidless
+    status, body, session = await attempt(evil_gate)
+    assert status == 200 and session, body
+
+
+async def test_a_token_without_kid_among_several_fitting_keys_is_refused(
+    evil: EvilIdP, evil_gate: Gate, logs: list[dict[str, Any]]
+) -> None:
+    evil.extra_jwks = [public_jwk(OTHER_RSA, kid="rsa-2", use="sig")]
+    evil.forge = kidless
+    status, body, session = await attempt(evil_gate)
+    assert status == 401 and not session, body
+    assert reasons(logs) == ["ambiguous_signing_key"]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("alg none", "alg_not_allowed"),
+        ("alg none, no kid", "alg_not_allowed"),
+        ("alg None spelled oddly", "alg_not_allowed"),
+        ("HS256 keyed with the public key PEM", "alg_not_allowed"),
+        ("unknown kid", "unknown_signing_key"),
+    ],
+)
+async def test_refusals_name_what_happened(
+    name: str, reason: str, evil: EvilIdP, evil_gate: Gate, logs: list[dict[str, Any]]
+) -> None:
+    evil.forge = FORGERIES[name]
+    status, _, _ = await attempt(evil_gate)
+    assert status == 401
+    assert reasons(logs) == [reason]
+    failed = next(x for x in logs if x.get("event") == "sign_in_failed")
+    assert failed["detail"]  # what the page says, in the log too
+    assert "eyJ" not in json.dumps(failed, default=str)  # never a token
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "reason"),
+    [
+        ((400, "text/html", b"<html><body>Bad Request</body></html>"), 401, "token_error"),
+        ((401, "text/plain", b"unauthorized"), 401, "token_error"),
+        ((400, "application/json", b'{"error": "invalid_grant"}'), 401, "token_error"),
+        ((503, "text/html", b"<html>down</html>"), 502, "idp_unreachable"),
+    ],
+)
+async def test_token_endpoint_errors(
+    answer: tuple[int, str, bytes],
+    status: int,
+    reason: str,
+    evil: EvilIdP,
+    evil_gate: Gate,
+    logs: list[dict[str, Any]],
+) -> None:
+    """A refusal in HTML is still a refusal (401), not an unreachable provider; a 5xx is."""
+    evil.token_answer = answer
+    got, body, session = await attempt(evil_gate)
+    assert got == status and not session, body
+    assert reasons(logs) == [reason]
+
+
+async def test_aggregated_and_distributed_claims_never_reach_the_session(
+    evil: EvilIdP, evil_gate: Gate, upstream: Upstream
+) -> None:
+    evil.forge = lambda idp, g: idp.sign(idp.claims(
+        g,
+        _claim_names={"groups": "src1"},
+        _claim_sources={"src1": {"endpoint": "https://claims.example/", "access_token": "AT-123"}},
+    ))
+    async with client_session() as browser:
+        async with browser.get(f"{evil_gate.url}/.clawgate/sign_in?redirect_uri=/landed",
+                               headers=HTML) as r:
+            assert r.status == 200
+        async with browser.get(f"{evil_gate.url}/.clawgate/user",
+                               headers={"Accept": "application/json"}) as r:
+            user = await r.text()
+    assert "AT-123" not in user and "_claim_sources" not in user
+    sent = json.dumps(upstream.seen.last()["headers"])
+    assert "AT-123" not in sent and "claim_sources" not in sent

@@ -215,7 +215,7 @@ async def test_alg_none_and_hmac_with_the_public_key_are_refused(
     for pem in (keys["k1"].public_pem, json.dumps(keys["k1"].jwk).encode()):
         token = forge({"alg": "HS256", "kid": "k1", "typ": "JWT"}, payload, pem)
         error = await rejected(client, token)
-        assert error.reason == "bad_id_token"
+        assert error.reason == "alg_not_allowed"
 
 
 async def test_bad_signature_and_key_mismatch_are_refused(
