@@ -8,14 +8,12 @@ the one aiohttp client session the server owns.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 import jwt
@@ -24,6 +22,8 @@ from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from yarl import URL
+
+from proxy.client_auth import ClientAuth, ClientAuthError, PrivateKey
 
 log = structlog.get_logger("clawgate.oidc")
 
@@ -56,6 +56,8 @@ class ProviderMetadata:
     jwks_uri: str
     userinfo_endpoint: str | None
     end_session_endpoint: str | None
+    # None when the provider lists none (then client_secret_basic, the spec's default).
+    token_endpoint_auth_methods: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,13 @@ class OidcClient:
         request_params: Mapping[str, str],
         leeway: float,
         timeout: float,
+        auth_method: str | None = None,
+        private_key: PrivateKey | None = None,
     ) -> None:
         self._http = http
         self.issuer = issuer.rstrip("/")
         self._client_id = client_id
-        self._client_secret = client_secret
+        self._auth = ClientAuth(client_id, client_secret, auth_method, private_key)
         self._scopes = " ".join(scopes)
         self._request_params = dict(request_params)
         self._leeway = leeway
@@ -300,12 +304,15 @@ class OidcClient:
 
     async def _token_request(self, body: str) -> dict[str, Any]:
         meta = await self.metadata()
-        # RFC 6749 2.3.1: both halves are form-encoded before going into Basic auth.
-        basic = f"{quote(self._client_id, safe='')}:{quote(self._client_secret, safe='')}"
+        try:
+            method = self._auth.choose(meta.token_endpoint_auth_methods)
+        except ClientAuthError as exc:
+            raise OidcError("client_auth_method", str(exc)) from None
+        body, auth_headers = self._auth.apply(method, body, meta.token_endpoint, int(time.time()))
         headers = {
             "Content-Type": "application/x-www-form-urlencoded",
             "Accept": "application/json",
-            "Authorization": "Basic " + base64.b64encode(basic.encode()).decode(),
+            **auth_headers,
         }
         try:
             async with self._http.post(
@@ -449,4 +456,11 @@ def _parse_metadata(doc: Any, issuer: str) -> ProviderMetadata:
         jwks_uri=need("jwks_uri"),
         userinfo_endpoint=maybe("userinfo_endpoint"),
         end_session_endpoint=maybe("end_session_endpoint"),
+        token_endpoint_auth_methods=_strings(doc.get("token_endpoint_auth_methods_supported")),
     )
+
+
+def _strings(value: Any) -> tuple[str, ...] | None:
+    if not isinstance(value, list):
+        return None
+    return tuple(v for v in value if isinstance(v, str))

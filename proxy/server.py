@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from proxy import metrics, pages, revoke_request
+from proxy.client_auth import load_private_key
 from proxy.connlimit import (
     MAX_FIELD_SIZE,
     MAX_LINE_SIZE,
@@ -247,6 +248,7 @@ def make_oidc(settings: Settings, http: aiohttp.ClientSession) -> OidcClient | N
     if not settings.idp_provider_url or not settings.idp_client_id:
         return None
     secret = settings.idp_client_secret.get_secret_value() if settings.idp_client_secret else ""
+    key_file = settings.idp_client_private_key_file
     return OidcClient(
         http,
         issuer=settings.idp_provider_url,
@@ -256,6 +258,8 @@ def make_oidc(settings: Settings, http: aiohttp.ClientSession) -> OidcClient | N
         request_params=settings.idp_request_params,
         leeway=settings.idp_clock_leeway,
         timeout=settings.idp_timeout,
+        auth_method=settings.idp_token_endpoint_auth_method,
+        private_key=load_private_key(key_file) if key_file is not None else None,
     )
 
 

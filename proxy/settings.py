@@ -255,6 +255,12 @@ class Settings(BaseSettings):
     idp_client_id: str | None = None
     idp_client_secret: SecretStr | None = None
     idp_client_secret_file: Path | None = None
+    # How clawgate authenticates at the token endpoint (proxy/client_auth.py); unset:
+    # private_key_jwt with a key file, else what the provider lists.
+    idp_token_endpoint_auth_method: (
+        Literal["client_secret_basic", "client_secret_post", "private_key_jwt"] | None
+    ) = None
+    idp_client_private_key_file: Path | None = None
     idp_scopes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
     idp_request_params: dict[str, str] = Field(default_factory=dict)
     idp_groups_claim: str = "groups"
@@ -423,6 +429,24 @@ class Settings(BaseSettings):
             raise KeyedValueError(
                 "cookie_same_site", "none needs Secure cookies (not insecure_server)"
             )
+        method = self.idp_token_endpoint_auth_method
+        if method == "private_key_jwt" and self.idp_client_private_key_file is None:
+            raise KeyedValueError(
+                "idp_token_endpoint_auth_method",
+                "private_key_jwt needs idp_client_private_key_file (a PEM private key)",
+            )
+        if self.idp_client_private_key_file is not None:
+            if method not in (None, "private_key_jwt"):
+                raise KeyedValueError(
+                    "idp_client_private_key_file",
+                    f"only private_key_jwt uses a key; idp_token_endpoint_auth_method is {method}",
+                )
+            from proxy.client_auth import ClientAuthError, load_private_key
+
+            try:
+                load_private_key(self.idp_client_private_key_file)
+            except ClientAuthError as exc:
+                raise KeyedValueError("idp_client_private_key_file", str(exc)) from None
         connection = self.databroker_storage_connection_string
         if self.databroker_storage_type == "redis":
             if connection is None:

@@ -49,6 +49,8 @@ RESTART_KEYS = (
     "idp_provider_url",
     "idp_client_id",
     "idp_client_secret",
+    "idp_token_endpoint_auth_method",
+    "idp_client_private_key_file",
     "cookie_secret",
     "cookie_name",
     "cookie_domain",
@@ -178,13 +180,15 @@ def build_snapshot(
                 problems.append(
                     describe(source, located, (key,), "required when a route needs sign-in")
                 )
-        if settings.idp_client_secret is None:
+        secretless = settings.idp_client_private_key_file is not None
+        if settings.idp_client_secret is None and not secretless:
             problems.append(
                 describe(
                     source,
                     located,
                     ("idp_client_secret",),
-                    "required (or idp_client_secret_file, or env CLAWGATE_IDP_CLIENT_SECRET)",
+                    "required (or idp_client_secret_file, or env CLAWGATE_IDP_CLIENT_SECRET; "
+                    "or idp_client_private_key_file for private_key_jwt)",
                 )
             )
     if problems:
