@@ -285,6 +285,9 @@ class OidcClient:
                 # ID-token claims win; userinfo only fills what the token left out.
                 for key, value in info.items():
                     merged.setdefault(key, value)
+            elif info:
+                # OpenID Connect Core 5.3.2: another subject's answer is not used at all.
+                log.warning("idp_userinfo_ignored", reason="subject_mismatch")
         if "sub" not in merged:
             raise OidcError("no_subject", "the identity provider did not say who signed in")
         now = int(time.time())
@@ -355,24 +358,66 @@ class OidcClient:
         return payload
 
     async def _userinfo(self, access_token: str) -> dict[str, Any]:
+        """The userinfo claims: JSON, or a JWT (``application/jwt``, signed userinfo),
+        verified like an ID token. Unreachable or refused: none (the ID token's stand);
+        a signed answer that does not verify fails the sign-in."""
         meta = await self.metadata()
         if meta.userinfo_endpoint is None:
             return {}
         try:
             async with self._http.get(
                 meta.userinfo_endpoint,
-                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                headers={
+                    "Authorization": f"Bearer {access_token}",
+                    "Accept": "application/json, application/jwt",
+                },
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
                 if resp.status != 200:
                     log.warning("idp_userinfo_failed", status=resp.status)
                     return {}
-                info = await resp.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError):
+                content_type = resp.content_type
+                answer = await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
             log.warning("idp_userinfo_failed", status=None)
             return {}
+        if content_type == "application/jwt":
+            return await self._verify_signed_userinfo(answer.decode("ascii", "replace").strip())
+        try:
+            info = json.loads(answer)
+        except (ValueError, UnicodeDecodeError):
+            log.warning("idp_userinfo_failed", status=200, detail="not JSON")
+            return {}
         return info if isinstance(info, dict) else {}
+
+    async def _verify_signed_userinfo(self, token: str) -> dict[str, Any]:
+        """OpenID Connect Core 5.3.2: signed by the provider's keys, for this client;
+        ``sub`` is compared with the ID token's by the caller."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise OidcError("bad_userinfo", "the signed userinfo is malformed") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in _ALLOWED_ALGS:
+            raise OidcError("alg_not_allowed", "the signed userinfo's algorithm is not accepted")
+        kid = header.get("kid")
+        key = await self._key_for(kid if isinstance(kid, str) else None, alg)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=self._client_id,
+                issuer=self._metadata.issuer if self._metadata is not None else self.issuer,
+                leeway=self._leeway,
+                options={"require": ["sub", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise OidcError(
+                "bad_userinfo", f"the signed userinfo was rejected ({type(exc).__name__})"
+            ) from None
+        return claims
 
     # ---- ID token ---------------------------------------------------------
 

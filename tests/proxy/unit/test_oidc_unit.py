@@ -61,16 +61,28 @@ class FakeProvider:
     jwks: list[dict[str, Any]] = field(default_factory=list)
     id_token: str = ""
     hits: dict[str, int] = field(default_factory=dict)
+    # Set: a userinfo endpoint answering with (content type, body).
+    userinfo: tuple[str, bytes] | None = None
 
     def app(self) -> web.Application:
         async def discovery(request: web.Request) -> web.Response:
             self._hit("discovery")
-            return web.json_response({
+            doc = {
                 "issuer": self.issuer,
                 "authorization_endpoint": f"{self.issuer}/auth",
                 "token_endpoint": f"{self.issuer}/token",
                 "jwks_uri": f"{self.issuer}/jwks",
-            })
+            }
+            if self.userinfo is not None:
+                doc["userinfo_endpoint"] = f"{self.issuer}/userinfo"
+            return web.json_response(doc)
+
+        async def userinfo(request: web.Request) -> web.Response:
+            self._hit("userinfo")
+            assert self.userinfo is not None
+            assert request.headers["Authorization"] == "Bearer at"
+            content_type, body = self.userinfo
+            return web.Response(body=body, content_type=content_type)
 
         async def jwks(request: web.Request) -> web.Response:
             self._hit("jwks")
@@ -85,6 +97,7 @@ class FakeProvider:
         app.router.add_get("/.well-known/openid-configuration", discovery)
         app.router.add_get("/jwks", jwks)
         app.router.add_post("/token", token)
+        app.router.add_get("/userinfo", userinfo)
         return app
 
     def _hit(self, name: str) -> None:
@@ -271,3 +284,70 @@ async def test_code_exchange_checks_the_nonce(
         await client.exchange_code("code", redirect_uri="https://gate/cb",
                                    code_verifier="v" * 43, nonce=NONCE)
     assert info.value.reason == "bad_id_token"
+
+
+# --- signed userinfo (OpenID Connect Core 5.3.2) ----------------------------------------
+
+
+async def sign_in_with_userinfo(
+    client: OidcClient, provider: FakeProvider, keys: dict[str, Key], userinfo: str
+) -> dict[str, Any]:
+    provider.id_token = sign(keys["k1"], claims(provider, email=None))
+    provider.userinfo = ("application/jwt", userinfo.encode())
+    result = await client.exchange_code("c", redirect_uri="https://x/cb", code_verifier="v" * 43,
+                                        nonce=NONCE)
+    return result.claims
+
+
+def userinfo_claims(provider: FakeProvider, **changes: Any) -> dict[str, Any]:
+    out = {"iss": provider.issuer, "aud": CLIENT_ID, "sub": "alice",
+           "email": "alice@userinfo.example"}
+    out.update(changes)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+async def test_signed_userinfo_is_verified_and_used(
+    client: OidcClient, provider: FakeProvider, keys: dict[str, Key]
+) -> None:
+    got = await sign_in_with_userinfo(client, provider, keys,
+                                      sign(keys["k1"], userinfo_claims(provider)))
+    assert got["email"] == "alice@userinfo.example"
+    assert provider.hits["userinfo"] == 1
+
+
+@pytest.mark.parametrize(("changes", "reason"), [
+    ({"aud": "another-client"}, "bad_userinfo"),
+    ({"iss": "https://evil.example"}, "bad_userinfo"),
+    ({"aud": None}, "bad_userinfo"),
+])
+async def test_signed_userinfo_for_someone_else_fails_the_sign_in(
+    changes: dict[str, Any], reason: str, client: OidcClient, provider: FakeProvider,
+    keys: dict[str, Key],
+) -> None:
+    with pytest.raises(OidcError) as info:
+        await sign_in_with_userinfo(client, provider, keys,
+                                    sign(keys["k1"], userinfo_claims(provider, **changes)))
+    assert info.value.reason == reason
+
+
+async def test_signed_userinfo_forged_or_unsigned_fails_the_sign_in(
+    client: OidcClient, provider: FakeProvider, keys: dict[str, Key]
+) -> None:
+    stranger = Key("k1", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(OidcError) as info:
+        await sign_in_with_userinfo(client, provider, keys,
+                                    sign(stranger, userinfo_claims(provider)))
+    assert info.value.reason == "bad_userinfo"
+    with pytest.raises(OidcError) as info:
+        await sign_in_with_userinfo(
+            client, provider, keys,
+            forge({"alg": "none", "kid": "k1"}, userinfo_claims(provider), None))
+    assert info.value.reason == "alg_not_allowed"
+
+
+async def test_userinfo_of_another_subject_is_not_used(
+    client: OidcClient, provider: FakeProvider, keys: dict[str, Key]
+) -> None:
+    got = await sign_in_with_userinfo(client, provider, keys,
+                                      sign(keys["k1"], userinfo_claims(provider, sub="mallory")))
+    assert "email" not in got and got["sub"] == "alice"
