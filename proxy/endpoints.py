@@ -26,7 +26,7 @@ from proxy.identity import (
     request_host,
     resolve,
 )
-from proxy.oidc import OidcError
+from proxy.oidc import LOGOUT_TOKEN_MAX_AGE, OidcError
 from proxy.runtime import REQUEST_ID, Runtime
 from proxy.session import LOGIN_STATE_PURPOSE, SessionError
 from proxy.shared_state import SHARED
@@ -37,6 +37,9 @@ log = structlog.get_logger("clawgate.endpoints")
 PREFIX = "/.clawgate/"
 CALLBACK = "/.clawgate/callback"
 SIGNED_OUT = "/.clawgate/signed_out"
+BACKCHANNEL_LOGOUT = "/.clawgate/backchannel_logout"
+# A logout token is a few hundred bytes to a few KB.
+_MAX_LOGOUT_FORM = 64 * 1024
 JWKS_PATH = "/.well-known/clawgate/jwks.json"
 LOGIN_TTL = 600
 _STATE_RE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -382,6 +385,62 @@ async def _anonymous(
     return response
 
 
+async def backchannel_logout(
+    runtime: Runtime, request: web.Request, route: str | None
+) -> web.StreamResponse:
+    """OpenID Connect Back-Channel Logout 1.0: the provider says a session (or every
+    session of a user) ended there; every session of clawgate's made from it is
+    refused on every replica and its WebSockets closed with 1008. Answers as the spec
+    says: 200 when done, 400 with an error for a token that is not acted on."""
+
+    def refuse(status: int, error: str, detail: str) -> web.Response:
+        log.warning("backchannel_logout_refused", reason=error, detail=detail)
+        return web.json_response(
+            {"error": error, "error_description": detail},
+            status=status,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    if request.method != "POST" or not request.content_type.endswith("form-urlencoded"):
+        return refuse(400, "invalid_request", "POST a form with logout_token")
+    length = request.content_length
+    if length is None or length > _MAX_LOGOUT_FORM:
+        return refuse(400, "invalid_request", "the form is missing its length or too large")
+    if runtime.oidc is None:
+        return refuse(400, "invalid_request", "no identity provider is configured")
+    form = await request.post()
+    token = form.get("logout_token")
+    if not isinstance(token, str) or not token:
+        return refuse(400, "invalid_request", "no logout_token")
+    try:
+        logout = await runtime.oidc.verify_logout_token(token)
+    except OidcError as exc:
+        return refuse(400, "invalid_request", f"{exc.reason}: {exc.message}")
+    try:
+        fresh = await runtime.store.consume_once(
+            f"logout:{logout.jti}", LOGOUT_TOKEN_MAX_AGE + 2 * runtime.oidc.leeway
+        )
+    except StoreError:
+        return refuse(503, "temporarily_unavailable", "the shared store cannot be reached")
+    if not fresh:
+        return refuse(400, "invalid_request", "this logout token was used already")
+    settings = runtime.snapshot.settings
+    now = int(time.time())
+    until = now + int(settings.cookie_expire) + int(settings.idp_clock_leeway) + 1
+    if logout.sid is not None:
+        revocation = Revocation("provider_session", logout.sid, now, until)
+    else:
+        assert logout.sub is not None
+        revocation = Revocation("user", logout.sub, now, until)
+    shared = request.app.get(SHARED)
+    if shared is not None:
+        await shared.sign_out(revocation)
+    else:
+        runtime.revoke(revocation)
+    log.info("backchannel_logout", kind=revocation.kind)
+    return web.Response(status=200, headers={"Cache-Control": "no-store"})
+
+
 ENDPOINTS: dict[str, Handler] = {
     "/.clawgate/sign_in": sign_in,
     CALLBACK: callback,
@@ -390,6 +449,7 @@ ENDPOINTS: dict[str, Handler] = {
     "/.clawgate/": whoami,
     "/.clawgate": whoami,
     "/.clawgate/user": user_json,
+    BACKCHANNEL_LOGOUT: backchannel_logout,
     JWKS_PATH: jwks,
 }
 

@@ -331,7 +331,13 @@ def new_session(settings: Settings, request: web.BaseRequest, result: SignInResu
         refresh_at=result.expires_at,
         refresh_token=result.refresh_token,
         id_token=result.id_token,
+        provider_sid=_provider_sid(result.claims),
     )
+
+
+def _provider_sid(claims: Mapping[str, Any]) -> str | None:
+    sid = claims.get("sid")
+    return sid if isinstance(sid, str) and 0 < len(sid) <= 255 else None
 
 
 _identity_cache: dict[str, tuple[Session, str, Identity]] = {}

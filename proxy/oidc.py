@@ -36,6 +36,10 @@ _ALGS_BY_KTY = {
 }
 _ALLOWED_ALGS = frozenset(alg for algs in _ALGS_BY_KTY.values() for alg in algs)
 _METADATA_TTL = 3600.0
+_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+# A logout token is acted on within this many seconds of its iat (its jti is kept
+# that long, so it cannot be replayed later either).
+LOGOUT_TOKEN_MAX_AGE = 300
 _JWKS_MIN_REFETCH = 10.0
 
 
@@ -46,6 +50,16 @@ class OidcError(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+@dataclass(frozen=True)
+class LogoutToken:
+    """What a verified back-channel logout token asks: the provider session ``sid``
+    (preferred) or every session of the user ``sub`` to end."""
+
+    sub: str | None
+    sid: str | None
+    jti: str
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,11 @@ class OidcClient:
         self._missing_kids: dict[tuple[str | None, str], float] = {}
         self._lock = asyncio.Lock()
         self._jwks_lock = asyncio.Lock()
+
+    @property
+    def leeway(self) -> float:
+        """Clock skew allowed on the provider's token times (``idp_clock_leeway``)."""
+        return self._leeway
 
     @property
     def ready(self) -> bool:
@@ -462,6 +481,51 @@ class OidcClient:
             if not isinstance(got, str) or not hmac.compare_digest(got, nonce):
                 raise OidcError("nonce_mismatch", "the ID token does not belong to this sign-in")
         return claims
+
+    async def verify_logout_token(self, token: str) -> LogoutToken:
+        """OpenID Connect Back-Channel Logout 1.0, 2.6: signed by the provider, for this
+        client, recent, carrying the logout event, naming a session (``sid``) or a user
+        (``sub``), and no nonce. The caller makes ``jti`` single-use."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise OidcError("bad_logout_token", "the logout token is malformed") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in _ALLOWED_ALGS:
+            raise OidcError("alg_not_allowed", "the logout token's algorithm is not accepted")
+        kid = header.get("kid")
+        key = await self._key_for(kid if isinstance(kid, str) else None, alg)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key.key,
+                algorithms=[alg],
+                audience=self._client_id,
+                issuer=self._metadata.issuer if self._metadata is not None else self.issuer,
+                leeway=self._leeway,
+                options={"require": ["iss", "aud", "iat", "jti", "events"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise OidcError(
+                "bad_logout_token", f"the logout token was rejected ({type(exc).__name__})"
+            ) from None
+        if time.time() - int(claims["iat"]) > LOGOUT_TOKEN_MAX_AGE + self._leeway:
+            raise OidcError("bad_logout_token", "the logout token is too old")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(events.get(_LOGOUT_EVENT), dict):
+            raise OidcError("bad_logout_token", "the logout token carries no logout event")
+        if "nonce" in claims:
+            raise OidcError("bad_logout_token", "a logout token must not carry a nonce")
+        sub, sid, jti = claims.get("sub"), claims.get("sid"), claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > 255:
+            raise OidcError("bad_logout_token", "the logout token's jti is not usable")
+        if not (isinstance(sub, str) and sub) and not (isinstance(sid, str) and sid):
+            raise OidcError("bad_logout_token", "the logout token names neither sid nor sub")
+        return LogoutToken(
+            sub=sub if isinstance(sub, str) and sub else None,
+            sid=sid if isinstance(sid, str) and sid else None,
+            jti=jti,
+        )
 
     async def end_session_url(
         self, id_token_hint: str | None, post_logout_redirect_uri: str

@@ -190,7 +190,7 @@ def _revocation(fields: object) -> Revocation:
     if not isinstance(fields, list) or len(fields) != 4:
         raise ValueError("bad revocation")
     kind, subject, not_before, until = fields
-    if kind not in ("session", "user", "all") or not isinstance(subject, str):
+    if kind not in ("session", "user", "all", "provider_session") or not isinstance(subject, str):
         raise ValueError("bad revocation")
     if type(not_before) is not int or type(until) is not int:
         raise ValueError("bad revocation")

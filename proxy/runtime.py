@@ -49,6 +49,8 @@ class Runtime:
     # Users signed out everywhere (by email or subject; "" is everyone): every session
     # of theirs issued at or before ``not_before`` is refused, until ``until``.
     not_before: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The provider's sessions logged out through the back channel, until when.
+    provider_sessions: dict[str, int] = field(default_factory=dict)
     # Where sign-outs and other shared state go (proxy/store/); this instance's view of
     # it is ``revoked`` and ``not_before``, which requests read without waiting.
     store: Store = field(default_factory=lambda: open_store("memory", None, prefix=""))
@@ -70,6 +72,8 @@ class Runtime:
         every path and every cached verdict makes before using a session."""
         if session.sid in self.revoked:
             return True
+        if session.provider_sid is not None and session.provider_sid in self.provider_sessions:
+            return True
         marks = self.not_before
         if not marks:
             return False
@@ -85,6 +89,12 @@ class Runtime:
             sid = revocation.subject
             self.revoked[sid] = max(self.revoked.get(sid, 0), revocation.until)
             return
+        if revocation.kind == "provider_session":
+            psid = revocation.subject
+            self.provider_sessions[psid] = max(
+                self.provider_sessions.get(psid, 0), revocation.until
+            )
+            return
         key = revocation.subject if revocation.kind == "user" else ""
         old = self.not_before.get(key, (0, 0))
         self.not_before[key] = (
@@ -97,6 +107,8 @@ class Runtime:
             del self.revoked[sid]
         for key in [k for k, (_, until) in self.not_before.items() if until <= now]:
             del self.not_before[key]
+        for psid in [p for p, until in self.provider_sessions.items() if until <= now]:
+            del self.provider_sessions[psid]
 
     @property
     def secure(self) -> bool:

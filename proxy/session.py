@@ -107,6 +107,9 @@ class Session:
     refresh_token: str | None
     id_token: str | None
     csrf: str
+    # The provider's session this sign-in belongs to (the ID token's ``sid``): what a
+    # back-channel logout names.
+    provider_sid: str | None = None
 
     @classmethod
     def create(
@@ -123,6 +126,7 @@ class Session:
         refresh_at: int,
         refresh_token: str | None,
         id_token: str | None,
+        provider_sid: str | None = None,
     ) -> Session:
         """A new session with fresh random ``sid`` and ``csrf``, ending at now + lifetime."""
         return cls(
@@ -139,6 +143,7 @@ class Session:
             refresh_token=refresh_token,
             id_token=id_token,
             csrf=_secrets.token_urlsafe(16),
+            provider_sid=provider_sid,
         )
 
     @property
@@ -203,6 +208,8 @@ def _session_to_json(session: Session) -> bytes:
         "it": session.id_token,
         "csrf": session.csrf,
     }
+    if session.provider_sid is not None:
+        doc["psid"] = session.provider_sid  # absent from sessions without one
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -241,6 +248,7 @@ def _session_from_json(raw: bytes) -> Session:
         and _is_opt_str(doc.get("rt"))
         and _is_opt_str(doc.get("it"))
         and type(doc.get("csrf")) is str
+        and _is_opt_str(doc.get("psid"))
     )
     if not ok:
         raise SessionError("malformed", "payload fields have wrong types")
@@ -259,6 +267,7 @@ def _session_from_json(raw: bytes) -> Session:
         refresh_token=doc["rt"],
         id_token=doc["it"],
         csrf=doc["csrf"],
+        provider_sid=doc.get("psid"),
     )
 
 

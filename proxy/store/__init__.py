@@ -34,7 +34,7 @@ __all__ = [
     "open_store",
 ]
 
-RevocationKind = Literal["session", "user", "all"]
+RevocationKind = Literal["session", "user", "all", "provider_session"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class Revocation:
     - ``user``: every session of the user ``subject`` (matched against the session's
       email and its ``sub``) issued before ``not_before`` is refused.
     - ``all``: every session issued before ``not_before`` is refused (``subject`` "").
+    - ``provider_session``: every session signed in through the provider's session
+      ``subject`` (its ``sid``, as a back-channel logout names it) is refused.
 
     ``until`` (epoch seconds) is when it stops mattering: no cookie it concerns can be
     valid past it, so a store may forget it then.

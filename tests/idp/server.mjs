@@ -10,8 +10,11 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 
 import Provider from 'oidc-provider';
+
+const loopbackAgent = new https.Agent({ rejectUnauthorized: false });
 
 const configPath = process.argv[2];
 if (!configPath) {
@@ -306,6 +309,16 @@ function buildProvider() {
       userinfo: { enabled: true },
       revocation: { enabled: true },
       introspection: { enabled: true },
+      // Logout tokens POSTed to each client's backchannel_logout_uri when a session ends.
+      backchannelLogout: { enabled: true },
+    },
+    // The relying parties under test serve self-signed certificates on 127.0.0.1: the
+    // provider's own calls to them (back-channel logout) accept those, and only those.
+    httpOptions(url) {
+      if (url.protocol === 'https:' && url.hostname === '127.0.0.1') {
+        return { agent: loopbackAgent };
+      }
+      return {};
     },
     findAccount,
     loadExistingGrant,

@@ -8,6 +8,7 @@ would let a good sign-in through.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -411,3 +412,92 @@ async def test_aggregated_and_distributed_claims_never_reach_the_session(
     assert "AT-123" not in user and "_claim_sources" not in user
     sent = json.dumps(upstream.seen.last()["headers"])
     assert "AT-123" not in sent and "claim_sources" not in sent
+
+
+# --- back-channel logout tokens ----------------------------------------------------------
+
+LOGOUT_EVENT = {"http://schemas.openid.net/event/backchannel-logout": {}}
+
+
+def logout_claims(idp: EvilIdP, **changes: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "iss": idp.issuer, "aud": CLIENT_ID, "iat": int(time.time()),
+        "jti": secrets.token_urlsafe(12), "events": LOGOUT_EVENT, "sid": "provider-session-1",
+    }
+    out.update(changes)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+async def post_logout(gate: Gate, token: str) -> tuple[int, dict[str, Any]]:
+    async with bare_client() as client, client.post(
+        f"{gate.url}/.clawgate/backchannel_logout", data={"logout_token": token}
+    ) as r:
+        body = await r.json() if r.content_type == "application/json" else {}
+        return r.status, body
+
+
+async def signed_in_with_provider_sid(evil: EvilIdP, gate: Gate, sid: str) -> str:
+    evil.forge = lambda idp, g: idp.sign(idp.claims(g, sid=sid))
+    async with client_session() as browser:
+        async with browser.get(f"{gate.url}/.clawgate/sign_in?redirect_uri=/x",
+                               headers=HTML) as r:
+            assert r.status == 200
+        return cookie_header({c.key: c.value for c in browser.cookie_jar
+                              if c.key.startswith(COOKIE) and "_login_" not in c.key})
+
+
+async def session_status(gate: Gate, cookie: str) -> int:
+    async with bare_client() as client, client.get(
+        f"{gate.url}/x", headers={"Cookie": cookie, "Accept": "application/json"}
+    ) as r:
+        return r.status
+
+
+LOGOUT_FORGERIES: dict[str, Callable[[EvilIdP], str]] = {
+    "signed by another key": lambda idp: idp.sign(logout_claims(idp), key=STRANGER),
+    "alg none": lambda idp: idp.unsigned(logout_claims(idp), {"alg": "none", "kid": idp.kid}),
+    "wrong audience": lambda idp: idp.sign(logout_claims(idp, aud="another-client")),
+    "wrong issuer": lambda idp: idp.sign(logout_claims(idp, iss="https://evil.example")),
+    "carries a nonce": lambda idp: idp.sign(logout_claims(idp, nonce="n" * 20)),
+    "no logout event": lambda idp: idp.sign(logout_claims(idp, events={"other": {}})),
+    "no jti": lambda idp: idp.sign(logout_claims(idp, jti=None)),
+    "no iat": lambda idp: idp.sign(logout_claims(idp, iat=None)),
+    "issued an hour ago": lambda idp: idp.sign(logout_claims(idp, iat=int(time.time()) - 3600)),
+    "names neither sid nor sub": lambda idp: idp.sign(logout_claims(idp, sid=None)),
+    "an ID token instead": lambda idp: idp.sign(idp.claims(Grant("n", "r"), sid="x")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOGOUT_FORGERIES))
+async def test_logout_tokens_that_are_refused(
+    name: str, evil: EvilIdP, evil_gate: Gate
+) -> None:
+    cookie = await signed_in_with_provider_sid(evil, evil_gate, "provider-session-1")
+    status, body = await post_logout(evil_gate, LOGOUT_FORGERIES[name](evil))
+    assert status == 400 and body["error"] == "invalid_request", (name, body)
+    assert await session_status(evil_gate, cookie) == 200  # nothing was signed out
+
+
+async def test_a_logout_token_ends_its_provider_session_once(
+    evil: EvilIdP, evil_gate: Gate
+) -> None:
+    mine = await signed_in_with_provider_sid(evil, evil_gate, "provider-session-1")
+    other = await signed_in_with_provider_sid(evil, evil_gate, "provider-session-2")
+    token = evil.sign(logout_claims(evil), headers={"typ": "logout+jwt"})
+    assert (await post_logout(evil_gate, token))[0] == 200
+    assert await session_status(evil_gate, mine) == 401
+    assert await session_status(evil_gate, other) == 200  # another provider session
+    status, body = await post_logout(evil_gate, token)  # replayed
+    assert status == 400 and "used already" in body["error_description"]
+
+
+async def test_a_logout_token_with_only_sub_ends_every_session_of_the_user(
+    evil: EvilIdP, evil_gate: Gate
+) -> None:
+    first = await signed_in_with_provider_sid(evil, evil_gate, "provider-session-1")
+    second = await signed_in_with_provider_sid(evil, evil_gate, "provider-session-2")
+    await asyncio.sleep(1.05)  # the mark covers sessions issued up to its second
+    token = evil.sign(logout_claims(evil, sid=None, sub="alice"))
+    assert (await post_logout(evil_gate, token))[0] == 200
+    assert await session_status(evil_gate, first) == 401
+    assert await session_status(evil_gate, second) == 401
