@@ -55,6 +55,10 @@ RESTART_KEYS = (
     "cookie_name",
     "cookie_domain",
     "signing_key",
+    # The store is opened once, at start (proxy/store/).
+    "databroker_storage_type",
+    "databroker_storage_connection_string",
+    "databroker_storage_key_prefix",
 )
 
 
