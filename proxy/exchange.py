@@ -33,14 +33,6 @@ from proxy.framing import (
     finish_head,
     request_head_prefix,
 )
-from proxy.handler import (
-    authority,
-    client_scheme,
-    identity_headers,
-    match_route,
-    pool_key,
-    upstream_target,
-)
 from proxy.identity import sealed_with_old_secret, to_identity
 from proxy.logging import PreparedLine
 from proxy.requestid import new_request_id, trusted_request_id
@@ -50,6 +42,14 @@ from proxy.settings import Settings
 from proxy.snapshot import Route, Snapshot
 from proxy.throttle import Throttle
 from proxy.upstream_link import HeadReader, PoolKey
+from proxy.upstream_request import (
+    authority,
+    client_scheme,
+    identity_headers,
+    match_route,
+    pool_key,
+    upstream_target,
+)
 from proxy.wsrelay import valid_client_key
 
 log = structlog.get_logger("clawgate.proxy")

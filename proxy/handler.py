@@ -11,10 +11,8 @@ import time
 import structlog
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from policy.paths import UnsafePathError, normalize_path
-from policy.routes import rewrite_path
 from proxy import metrics, pages
 from proxy.admission import admit
 from proxy.connlimit import GuardedHandler
@@ -24,16 +22,21 @@ from proxy.forward import (
     forward_http,
     request_connection,
     request_framing,
-    upstream_headers,
 )
 from proxy.framing import NO_BODY, ConnectionOptions, FramingError, request_head
 from proxy.identity import apply_cookies, request_host, resolve, to_identity
 from proxy.requestid import new_request_id
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client_ip
 from proxy.session import Session
-from proxy.snapshot import Route, Snapshot
+from proxy.snapshot import Route
 from proxy.throttle import limit_user
-from proxy.upstream_link import PoolKey, UpstreamError
+from proxy.upstream_link import UpstreamError
+from proxy.upstream_request import (
+    handler_header_set,
+    match_route,
+    pool_key,
+    upstream_target,
+)
 from proxy.websocket import LiveConnection
 from proxy.wsrelay import open_admitted, switch_protocols, valid_client_key
 
@@ -139,16 +142,16 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         apply_cookies(denied, snap.settings, resolved, max_age)
         return denied
     websocket = is_websocket_upgrade(request, connection)
-    headers = upstream_headers(
+    headers = handler_header_set(
+        runtime,
+        route,
+        session,
         request.headers,
-        request_host=request.host,
-        host=request.host if route.settings.preserve_host_header else authority(route.upstream),
+        host=request.host,
+        audience=request_host(request),
         client_ip=ip,
-        scheme=client_scheme(runtime, request.headers.get("X-Forwarded-Proto", ""), request.scheme),
-        strip=snap.identity_headers | route.remove_headers,
-        cookie_prefix=snap.keys.cookie_name,
-        set_headers=route.request_headers,
-        identity=identity_headers(snap, route, session, request_host(request)),
+        forwarded_proto=request.headers.get("X-Forwarded-Proto", ""),
+        transport_scheme=request.scheme,
         websocket=websocket,
         connection=connection,
     )
@@ -314,114 +317,6 @@ class _Switched(web.StreamResponse):
 
     async def write_eof(self, data: bytes = b"") -> None:
         return None
-
-
-# Route lookups by (Host header, normalized path) for the table in force. The table is
-# immutable, so a hit is always what RouteTable.match would say; the size is bounded
-# in entries and key length because both keys come from the client.
-_routes_for: list[object] = [None]
-_route_cache: dict[tuple[str, str], Route | None] = {}
-_ROUTE_CACHE_MAX = 4096
-
-
-def match_route(snap: Snapshot, host: str, path: str) -> Route | None:
-    table = snap.table
-    if _routes_for[0] is not table:
-        _route_cache.clear()
-        _routes_for[0] = table
-    key = (host, path)
-    try:
-        return _route_cache[key]
-    except KeyError:
-        pass
-    route = table.match(host, path)
-    if len(host) + len(path) > 512:  # long keys are rare; caching them would cost memory
-        return route
-    if len(_route_cache) >= _ROUTE_CACHE_MAX:
-        _route_cache.clear()
-    _route_cache[key] = route
-    return route
-
-
-def client_scheme(runtime: Runtime, forwarded_proto: str, transport_scheme: str) -> str:
-    """The scheme the client used: https when clawgate terminates TLS; behind a trusted
-    TLS-terminating load balancer (insecure_server with xff_num_trusted_hops), what it
-    says in ``forwarded_proto``; else the scheme of the connection itself."""
-    if runtime.secure:
-        return "https"
-    if runtime.snapshot.settings.xff_num_trusted_hops > 0:
-        told = forwarded_proto.strip().lower()
-        if told in ("http", "https"):
-            return told
-    return transport_scheme
-
-
-def identity_headers(
-    snap: Snapshot, route: Route, session: Session | None, audience: str
-) -> dict[str, str]:
-    """The assertion and claim headers for ``route``; ``audience`` is the session host
-    form of the request's Host (lower case, no :443)."""
-    if not route.pass_identity:
-        return {}
-    settings = snap.settings
-    out: dict[str, str] = {}
-    if session is not None:
-        out[settings.jwt_assertion_header] = snap.keys.signer.sign(
-            session, audience=audience, now=int(time.time())
-        )
-    else:
-        out[settings.jwt_assertion_header] = ""
-    for header, claim in settings.jwt_claims_headers.items():
-        out[header] = _claim_value(session, claim) if session is not None else ""
-    return out
-
-
-def _claim_value(session: Session, claim: str) -> str:
-    if claim == "email":
-        return session.email or ""
-    if claim in ("sub", "user"):
-        return session.sub
-    if claim == "groups":
-        return ",".join(session.groups)
-    value = session.claims.get(claim)
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    text = str(value)
-    # A claim value must not be able to inject header lines.
-    return "" if any(c in text for c in "\r\n\x00") else text
-
-
-def pool_key(route: Route) -> PoolKey:
-    """Which pooled upstream connections may carry this route's requests."""
-    up = route.upstream
-    tls = up.scheme == "https"
-    return (
-        up.raw_host or "",
-        up.port or (443 if tls else 80),
-        tls,
-        not route.settings.tls_skip_verify,
-    )
-
-
-def authority(url: URL) -> str:
-    host = url.raw_host or ""
-    if ":" in host:
-        host = f"[{host}]"
-    if url.explicit_port is not None:
-        return f"{host}:{url.explicit_port}"
-    return host
-
-
-def upstream_target(route: Route, path: str, query: str) -> str:
-    """Path and query the upstream receives: the checked path (prefix rewritten) under
-    the upstream URL's own path."""
-    settings = route.settings
-    if settings.prefix_rewrite is not None and settings.prefix is not None:
-        path = rewrite_path(path, settings.prefix, settings.prefix_rewrite)
-    target = route.upstream.raw_path.rstrip("/") + path
-    return f"{target}?{query}" if query else target
 
 
 def _not_found(request: web.Request, rid: str | None) -> web.Response:
