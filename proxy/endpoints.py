@@ -31,6 +31,7 @@ from proxy.runtime import REQUEST_ID, Runtime
 from proxy.session import LOGIN_STATE_PURPOSE, SessionError
 from proxy.shared_state import SHARED
 from proxy.store import Revocation, StoreError
+from proxy.verify import VERIFY_PATH, verify_page
 
 log = structlog.get_logger("clawgate.endpoints")
 
@@ -450,6 +451,7 @@ ENDPOINTS: dict[str, Handler] = {
     "/.clawgate": whoami,
     "/.clawgate/user": user_json,
     BACKCHANNEL_LOGOUT: backchannel_logout,
+    VERIFY_PATH: verify_page,
     JWKS_PATH: jwks,
 }
 

@@ -165,7 +165,11 @@ def who_am_i(info: Mapping[str, Any], csrf: str, request_id: str | None) -> web.
         for k, v in info.items()
         if v is not None
     )
-    body = f"<dl>{rows}</dl>{sign_out_form(csrf)}"
+    body = (
+        f"<dl>{rows}</dl>"
+        '<p><a href="/.clawgate/verify">What the upstream receives for you</a></p>'
+        f"{sign_out_form(csrf)}"
+    )
     return html_response(200, "Signed in", body, request_id)
 
 
