@@ -239,6 +239,7 @@ def audit_config(
             )
         )
     out += _store_findings(settings)
+    out += _api_key_findings(settings, snap.source, now)
     if settings.certificate_file is not None:
         try:
             not_after = certificate_not_after(settings.certificate_file)
@@ -509,3 +510,18 @@ def _store_findings(settings: Settings) -> list[Finding]:
             )
         )
     return out
+
+
+def _api_key_findings(settings: Settings, source: str, now: dt.datetime) -> list[Finding]:
+    """Keys without expiry or older than a year, and a key file others can read."""
+    from proxy.apikeys import KeyFileError, key_findings, load_key_file
+    from proxy.snapshot import side_file
+
+    path = side_file(source, settings.api_keys_file)
+    if path is None:
+        return []
+    try:
+        keys = load_key_file(path)
+    except KeyFileError as exc:
+        return [Finding("high", "api_keys_file", str(exc), "fix the file (clawgate apikey)")]
+    return [Finding(*finding) for finding in key_findings(path, keys, now)]

@@ -1,4 +1,5 @@
-"""The ``clawgate`` command: serve, check, secret, keygen, probe, policy, audit, sessions."""
+"""The ``clawgate`` command: serve, check, secret, keygen, probe, policy, audit, sessions,
+apikey, passwd."""
 
 from __future__ import annotations
 
@@ -199,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli_sessions import add_sessions_commands
 
     add_sessions_commands(sub)
+
+    from proxy.cli_apikeys import add_apikey_commands
+
+    add_apikey_commands(sub)
+
+    from proxy.cli_passwd import add_passwd_commands
+
+    add_passwd_commands(sub)
     return parser
 
 

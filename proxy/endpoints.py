@@ -26,6 +26,7 @@ from proxy.identity import (
     request_host,
     resolve,
 )
+from proxy.local_sign_in import sign_in_form, sign_in_post
 from proxy.oidc import LOGOUT_TOKEN_MAX_AGE, OidcError
 from proxy.runtime import REQUEST_ID, Runtime
 from proxy.session import LOGIN_STATE_PURPOSE, SessionError
@@ -77,8 +78,11 @@ def callback_url(request: web.BaseRequest) -> str:
 
 
 async def start_sign_in(runtime: Runtime, request: web.Request, return_to: str) -> web.Response:
-    """302 to the identity provider, remembering state, nonce and PKCE verifier."""
+    """302 to the identity provider, remembering state, nonce and PKCE verifier; or,
+    with local users, the sign-in form (which offers the provider too)."""
     rid = request.get(REQUEST_ID)
+    if runtime.snapshot.local_users is not None and request.query.get("provider") != "idp":
+        return sign_in_form(runtime, request, safe_return_path(return_to))
     if runtime.oidc is None:
         return pages.error(
             request,
@@ -125,6 +129,14 @@ async def start_sign_in(runtime: Runtime, request: web.Request, return_to: str) 
 
 
 async def sign_in(runtime: Runtime, request: web.Request, route: str | None) -> web.StreamResponse:
+    if request.method == "POST":
+        form_return = safe_return_path(request.query.get("redirect_uri", "/"))
+        if runtime.snapshot.local_users is not None and request.content_type.endswith(
+            "form-urlencoded"
+        ):
+            posted = await request.post()
+            form_return = safe_return_path(str(posted.get("redirect_uri", form_return)))
+        return await sign_in_post(runtime, request, form_return)
     return await start_sign_in(runtime, request, request.query.get("redirect_uri", "/"))
 
 

@@ -24,6 +24,7 @@ from policy.paths import UnsafePathError, normalize_path
 from proxy import metrics
 from proxy.admission import Verdict, admit, still_holds
 from proxy.connlimit import MAX_FIELD_SIZE, MAX_LINE_SIZE
+from proxy.credentials import for_clawgate
 from proxy.endpoints import JWKS_PATH
 from proxy.forward import upstream_headers
 from proxy.framing import (
@@ -240,6 +241,8 @@ def _plan_fresh(
             origins += 1
         elif lname == b"connection":
             connection_values.append(value.decode("latin-1"))
+        elif lname == b"authorization" and for_clawgate(value):
+            return None  # an API key or a password: checked by the handler alone
     if not host_b or origins > 1:
         return None
     try:

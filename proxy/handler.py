@@ -16,6 +16,7 @@ from policy.paths import UnsafePathError, normalize_path
 from proxy import metrics, pages
 from proxy.admission import admit
 from proxy.connlimit import GuardedHandler
+from proxy.credentials import presented
 from proxy.endpoints import ENDPOINTS, JWKS_PATH, _anonymous
 from proxy.forward import (
     UpstreamRequest,
@@ -24,14 +25,16 @@ from proxy.forward import (
     request_framing,
 )
 from proxy.framing import NO_BODY, ConnectionOptions, FramingError, request_head
-from proxy.identity import apply_cookies, request_host, resolve, to_identity
+from proxy.identity import Resolved, apply_cookies, request_host, resolve, to_identity
 from proxy.requestid import new_request_id
 from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client_ip
+from proxy.service_identity import credential_session
 from proxy.session import Session
 from proxy.snapshot import Route
 from proxy.throttle import limit_user
 from proxy.upstream_link import UpstreamError
 from proxy.upstream_request import (
+    client_scheme,
     handler_header_set,
     match_route,
     pool_key,
@@ -103,7 +106,27 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     if route is None:
         return _not_found(request, rid)
     request[ROUTE_NAME] = route.name
-    resolved = await resolve(runtime, request)
+    credential = presented(request.headers.getall("Authorization", ()))
+    if credential is None:
+        resolved = await resolve(runtime, request)
+    else:
+        # An API key or a local user's password: the cookie plays no part, and the
+        # credential never goes upstream.
+        found = await credential_session(
+            runtime,
+            route,
+            credential,
+            audience=request_host(request),
+            ip=client_ip(request, snap.settings.xff_num_trusted_hops),
+            secure=client_scheme(
+                runtime, request.headers.get("X-Forwarded-Proto", ""), request.scheme
+            )
+            == "https",
+            rid=rid,
+        )
+        if isinstance(found, web.StreamResponse):
+            return found
+        resolved = Resolved(found)
     session = resolved.session
     identity = to_identity(session, snap.settings.idp_groups_claim) if session is not None else None
     if session is not None:
@@ -154,6 +177,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         transport_scheme=request.scheme,
         websocket=websocket,
         connection=connection,
+        credential=credential is not None,
     )
     try:
         if websocket:

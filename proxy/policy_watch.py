@@ -31,6 +31,8 @@ def _denial(runtime: Runtime, conn: LiveConnection, clock: float) -> str | None:
     if not route.settings.allow_websockets:
         return "websockets no longer allowed on this route"
     session = conn.session
+    if session is not None and runtime.refuses(session):
+        return "signed out"  # a revoked API key included: its file changed with the reload
     identity = to_identity(session, snap.settings.idp_groups_claim) if session else None
     verdict = admit(route, session, identity, "GET", conn.path, conn.source_ip, clock)
     if not verdict.allow:

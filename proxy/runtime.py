@@ -21,6 +21,9 @@ from proxy.store import Revocation, Store, open_store
 from proxy.upstream_link import LinkPool
 from proxy.websocket import ConnectionRegistry
 
+# Session ids of API-key sessions (proxy/service_identity.py): this and the key's hash.
+KEY_SESSION = "k:"
+
 
 @dataclass
 class ReloadStatus:
@@ -72,6 +75,10 @@ class Runtime:
         every path and every cached verdict makes before using a session."""
         if session.sid in self.revoked:
             return True
+        if session.sid.startswith(KEY_SESSION) and (
+            session.sid[len(KEY_SESSION) :] not in self.snapshot.api_key_hashes
+        ):
+            return True  # an API key no longer in api_keys_file
         if session.provider_sid is not None and session.provider_sid in self.provider_sessions:
             return True
         marks = self.not_before

@@ -47,7 +47,7 @@ from proxy.settings import (
     unknown_environment,
 )
 from proxy.shared_state import SHARED, SharedState
-from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys
+from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys, side_file
 from proxy.store import open_store
 from proxy.throttle import THROTTLE, Throttle, ip_refusal
 from proxy.tls import CertificateStore
@@ -310,10 +310,22 @@ class ConfigWatcher:
         self._digest = self._read_digest()
 
     def _read_digest(self) -> str | None:
+        """The config file's and the files it names that the CLI writes (API keys,
+        local users): a change to any of them is a reload."""
         try:
-            return hashlib.sha256(self._path.read_bytes()).hexdigest()
+            digest = hashlib.sha256(self._path.read_bytes())
         except OSError:
             return None
+        settings = self._runtime.snapshot.settings
+        for named in (settings.api_keys_file, settings.htpasswd_file):
+            path = side_file(str(self._path), named)
+            if path is None:
+                continue
+            try:
+                digest.update(b"\0" + hashlib.sha256(path.read_bytes()).digest())
+            except OSError:
+                digest.update(b"\0missing")
+        return digest.hexdigest()
 
     async def run(self) -> None:
         while True:

@@ -149,6 +149,11 @@ class RouteSettings(BaseModel):
     idle_timeout: float | None = None
     tls_skip_verify: bool = False
     allowed_origins: list[str] = Field(default_factory=list)
+    # Credentials other than the session cookie, each off unless the route says so, so
+    # that no existing route is opened by surprise: API keys (Authorization: Bearer
+    # cgk_...) and local users' Basic auth (proxy/apikeys/, proxy/localusers/).
+    allow_api_keys: bool = False
+    allow_basic_auth: bool = False
     # Policy: validated and compiled by policy.parse.compile_route_policy.
     policy: Any = None
     allowed_users: Any = None
@@ -288,6 +293,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "warn", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
     rate_limits: RateLimits = Field(default_factory=RateLimits)
+
+    # Service accounts and local users (proxy/apikeys/, proxy/localusers/): files the
+    # CLI writes (`clawgate apikey`, `clawgate passwd`), re-read when they change.
+    api_keys_file: Path | None = None
+    htpasswd_file: Path | None = None
 
     # Shared state (proxy/store/): sign-outs, single-use sign-in state, refresh locks and
     # rate-limit counts. ``memory``: this process group alone; ``redis``: every replica

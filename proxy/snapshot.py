@@ -20,8 +20,10 @@ from yarl import URL
 from policy.engine import Policy
 from policy.parse import PolicyError, compile_route_policy
 from policy.routes import RouteMatcher, RouteTable, parse_from
+from proxy.apikeys import ApiKey, KeyFileError, KeyIndex, load_key_file
 from proxy.assertion import AssertionSigner, generate_signing_key, load_signing_key
 from proxy.connlimit import Limits, limits_for
+from proxy.localusers import PasswordFileError, Verifier, load_htpasswd
 from proxy.session import SessionCodec
 from proxy.settings import ConfigError, RouteSettings, Settings, describe, load_settings
 from proxy.yamlsource import LocatedYaml
@@ -104,6 +106,19 @@ class Snapshot:
     identity_headers: frozenset[str]
     limits: Limits
     pending_restart: tuple[str, ...] = field(default=())
+    # API keys and local users in force (proxy/apikeys/, proxy/localusers/), read with
+    # the config and again whenever their files change (proxy/server.py ConfigWatcher).
+    api_keys: KeyIndex = field(default_factory=lambda: KeyIndex(()))
+    # The hashes of the keys in force: a key session whose hash is gone is refused.
+    api_key_hashes: frozenset[str] = frozenset()
+    local_users: Verifier | None = None
+
+
+def side_file(source: str, path: Path | None) -> Path | None:
+    """A file the config names, relative to the config file's directory."""
+    if path is None or path.is_absolute():
+        return path
+    return Path(source).parent / path
 
 
 def _restart_value(settings: Settings, key: str) -> str:
@@ -178,7 +193,9 @@ def build_snapshot(
             problems.append(describe(source, located, ("routes", index, *exc.loc), exc.message))
         except ValueError as exc:
             problems.append(describe(source, located, ("routes", index, "from"), str(exc)))
-    if settings.needs_idp() and settings.routes:
+    # Local users alone need no identity provider; named at all, it must be complete.
+    idp_wanted = settings.htpasswd_file is None or settings.idp_provider_url is not None
+    if settings.needs_idp() and settings.routes and idp_wanted:
         for key in ("idp_provider_url", "idp_client_id"):
             if not getattr(settings, key):
                 problems.append(
@@ -195,6 +212,20 @@ def build_snapshot(
                     "or idp_client_private_key_file for private_key_jwt)",
                 )
             )
+    api_keys: list[ApiKey] = []
+    local_users: Verifier | None = None
+    try:
+        key_file = side_file(source, settings.api_keys_file)
+        if key_file is not None:
+            api_keys = load_key_file(key_file)
+    except KeyFileError as exc:
+        problems.append(str(exc))
+    try:
+        password_file = side_file(source, settings.htpasswd_file)
+        if password_file is not None:
+            local_users = Verifier(load_htpasswd(password_file))
+    except PasswordFileError as exc:
+        problems.append(str(exc))
     if problems:
         raise ConfigError(problems)
     if keys is None:
@@ -212,6 +243,9 @@ def build_snapshot(
         keys=keys,
         identity_headers=frozenset(names),
         limits=limits_for(settings),
+        api_keys=KeyIndex(api_keys),
+        api_key_hashes=frozenset(k.key_hash for k in api_keys),
+        local_users=local_users,
     )
 
 

@@ -141,6 +141,9 @@ def upstream_target(route: Route, path: str, query: str) -> str:
 
 
 
+_AUTHORIZATION = frozenset({"authorization"})
+
+
 def handler_header_set(
     runtime: Runtime,
     route: Route,
@@ -154,18 +157,23 @@ def handler_header_set(
     transport_scheme: str,
     websocket: bool,
     connection: ConnectionOptions,
+    credential: bool = False,
 ) -> CIMultiDict[str]:
     """The upstream header set for a request the handler serves (and the one the
     verify page shows): ``host`` is the Host the client sent, ``audience`` its session
-    host form (proxy/identity.py request_host)."""
+    host form (proxy/identity.py request_host); ``credential``: the request's
+    Authorization header is an API key or a password of clawgate's, never forwarded."""
     snap = runtime.snapshot
+    strip = snap.identity_headers | route.remove_headers
+    if credential:
+        strip = strip | _AUTHORIZATION
     return upstream_headers(
         headers,
         request_host=host,
         host=host if route.settings.preserve_host_header else authority(route.upstream),
         client_ip=client_ip,
         scheme=client_scheme(runtime, forwarded_proto, transport_scheme),
-        strip=snap.identity_headers | route.remove_headers,
+        strip=strip,
         cookie_prefix=snap.keys.cookie_name,
         set_headers=route.request_headers,
         identity=identity_headers(snap, route, session, audience),

@@ -220,3 +220,16 @@ def test_shared_store_connection(tmp_path: Path, url: str, expected: set[str]) -
             for f in store if marker in f["message"]}
     assert said == expected, store
     assert all("pw" not in json.dumps(f) for f in findings)  # never the password
+
+
+def test_api_key_findings(tmp_path: Path) -> None:
+    keys = tmp_path / "api_keys.yaml"
+    config = sound_config(tmp_path) | {"api_keys_file": str(keys)}
+    config_path = write(tmp_path, config)
+    created = main(["apikey", "create", "forever", "--config", str(config_path)])
+    assert created == 0
+    keys.chmod(0o644)
+    _, findings = audit("--config", str(config_path))
+    about = {(f["severity"], f["key"]) for f in findings}
+    assert ("medium", "apikey:forever") in about  # no expiry
+    assert ("high", "api_keys_file") in about  # readable by others
