@@ -174,7 +174,7 @@ async def sign_in_post(
         sub=found.subject,
         email=found.email,
         email_verified=None,
-        groups=(),
+        groups=tuple(settings.htpasswd_groups.get(found.name, ())),
         claims={},
         host=session_host(settings, request),
         now=issued,

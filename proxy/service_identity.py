@@ -155,7 +155,7 @@ async def _basic_session(
         sub=user.subject,
         email=user.email,
         email_verified=None,
-        groups=(),
+        groups=tuple(runtime.snapshot.settings.htpasswd_groups.get(user.name, ())),
         claims={},
         host=audience,
         now=issued,

@@ -298,6 +298,8 @@ class Settings(BaseSettings):
     # CLI writes (`clawgate apikey`, `clawgate passwd`), re-read when they change.
     api_keys_file: Path | None = None
     htpasswd_file: Path | None = None
+    # Groups of local users, by user name (the policy's ``groups`` criterion).
+    htpasswd_groups: dict[str, list[str]] = Field(default_factory=dict)
 
     # Shared state (proxy/store/): sign-outs, single-use sign-in state, refresh locks and
     # rate-limit counts. ``memory``: this process group alone; ``redis``: every replica

@@ -37,9 +37,10 @@ async def gate(upstream: Upstream, tmp_path: Path) -> Any:
     port = free_port()
     config = base_config(
         port, upstream.url, idp=None, htpasswd_file=str(users),
+        htpasswd_groups={"bob": ["operators"]},
         route={"allow_basic_auth": True,
                "policy": [{"allow": {"or": [{"email": {"is": "alice@example.com"}},
-                                            {"user": {"is": "local:bob"}}]}}]},
+                                            {"groups": {"has": "operators"}}]}}]},
     )
     async with running_gate(config, tmp_path) as running:
         yield running
@@ -105,8 +106,9 @@ async def test_basic_auth_for_scripts(gate: Gate, upstream: Upstream) -> None:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=False)) as client:
         async with client.get(f"{gate.url}/api", headers=basic("bob", "bob's password")) as r:
             assert r.status == 200
-        sent = {k.lower() for k in upstream.seen.last()["headers"]}
+        sent = {k.lower(): v for k, v in upstream.seen.last()["headers"].items()}
         assert "authorization" not in sent  # the password never goes upstream
+        assert sent["x-clawgate-groups"] == "operators"  # bob is in by his group
         async with client.get(f"{gate.url}/api", headers=basic("bob", "nope")) as r:
             assert r.status == 401 and (await r.json())["error"] == "invalid_credentials"
             assert r.headers["WWW-Authenticate"].startswith("Basic")
