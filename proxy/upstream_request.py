@@ -93,6 +93,11 @@ def identity_headers(
 
 def _claim_value(session: Session, claim: str) -> str:
     if claim == "email":
+        if session.email is None and session.sub.startswith(SERVICE_PRINCIPAL):
+            # An API key has no email; a gateway keyed on the email header (OpenClaw's
+            # trusted-proxy userHeader) sees the service principal instead. Never an
+            # address, so no email or domain rule downstream can match it by accident.
+            return session.sub
         return session.email or ""
     if claim in ("sub", "user"):
         return session.sub
@@ -142,6 +147,8 @@ def upstream_target(route: Route, path: str, query: str) -> str:
 
 
 _AUTHORIZATION = frozenset({"authorization"})
+# The subjects of API-key sessions (proxy/service_identity.py).
+SERVICE_PRINCIPAL = "apikey:"
 
 
 def handler_header_set(

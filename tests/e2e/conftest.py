@@ -54,6 +54,8 @@ from tests.support.relay import RelayProcess, RelayThread
 
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
+# The API key's principal (proxy/service_identity.py), as the gateway sees it.
+SERVICE = "apikey:ci-bot"
 CLIENT_ID = "clawgate-e2e"
 CLIENT_SECRET = "clawgate-e2e-secret"
 COOKIE_SECRET = "8uXG7lJ9t1m1J3lq7h1a0kqB0Wm6o1Jb5zq4Jk2n1xQ="
@@ -208,8 +210,8 @@ def openclaw_stack(netns: NetNamespace, idp: TestIdP) -> Iterator[OpenClawStack]
             bind_host=ns.host_addr,
             trusted_proxies=["127.0.0.1"],
             allow_loopback=True,
-            allow_users=[ALICE],
-            identity_scopes={ALICE: ["operator.read"]},
+            allow_users=[ALICE, SERVICE],
+            identity_scopes={ALICE: ["operator.read"], SERVICE: ["operator.read"]},
             allowed_origins=[origin],
             # Browsers present a device key: let the proxied identity approve it.
             device_auto_approve=True,
@@ -230,6 +232,8 @@ def openclaw_stack(netns: NetNamespace, idp: TestIdP) -> Iterator[OpenClawStack]
             "log_level": "info",
             "log_format": "console",
             "jwt_claims_headers": {"x-pomerium-claim-email": "email"},
+            # A service account for scripts: `clawgate apikey create` writes the file.
+            "api_keys_file": str(workdir / "api_keys.yaml"),
             "routes": [
                 {
                     "from": origin,
@@ -237,8 +241,17 @@ def openclaw_stack(netns: NetNamespace, idp: TestIdP) -> Iterator[OpenClawStack]
                     "allow_websockets": True,
                     "pass_identity_headers": True,
                     "preserve_host_header": False,
+                    "allow_api_keys": True,
                     "policy": [
-                        {"allow": {"or": [{"email": {"is": ALICE}}, {"email": {"is": BOB}}]}}
+                        {
+                            "allow": {
+                                "or": [
+                                    {"email": {"is": ALICE}},
+                                    {"email": {"is": BOB}},
+                                    {"user": {"is": SERVICE}},
+                                ]
+                            }
+                        }
                     ],
                 }
             ],

@@ -19,11 +19,12 @@ through the real IdP pages, loads the Control UI, and speaks the gateway's WebSo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ALICE, BOB, OpenClawStack
+from tests.e2e.conftest import ALICE, BOB, SERVICE, OpenClawStack
 from tests.support.idp import ALICE as ALICE_USER
 from tests.support.idp import BOB as BOB_USER
 from tests.support.idp import MALLORY as MALLORY_USER
@@ -92,6 +93,14 @@ async def main():
             out["login_status"] = r.status
             out["login_url"] = str(r.url)
             out["login_body"] = (await r.text())[:3000]
+        if "key" in steps:
+            bearer = {"Authorization": "Bearer " + args["key"]}
+            async with s.get(base + "/", headers={**HTML, **bearer},
+                             allow_redirects=False) as r:
+                out["key_status"] = r.status
+                out["key_body"] = (await r.text())[:3000]
+            ws = await handshake(s, base.replace("https://", "wss://") + "/",
+                                 {"Origin": base, **bearer}, out)
         if "ws" in steps:
             ws = await handshake(s, base.replace("https://", "wss://") + "/",
                                  {"Origin": base}, out)
@@ -265,3 +274,43 @@ def test_sign_out_closes_the_open_websocket_and_requires_sign_in_again(
     assert closed["reason"] == "signed out", closed
     assert out["after_status"] == 302, out
     assert out["after_location"].startswith(f"{stack.idp.issuer}/"), out
+
+
+def test_an_api_key_reaches_the_gateway_as_its_service_principal(
+    openclaw_stack: OpenClawStack,
+) -> None:
+    """A script with a key from `clawgate apikey create`: the gateway's trusted-proxy
+    mode sees the service principal; the key itself never reaches the gateway."""
+    import subprocess
+    import sys
+    import time
+
+    stack = openclaw_stack
+    made = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "apikey", "create", "ci-bot", "--expires", "1d",
+         "--config", str(stack.gate.path)],
+        capture_output=True, text=True, timeout=30,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    time.sleep(1.5)  # the key file is re-read like the config
+    out = run_client(stack, ["key"], key=key)
+    assert out["key_status"] == 200, out
+    assert f'data-openclaw-control-ui-build-id="{stack.gateway.build_id}' in out["key_body"]
+    hello = out.get("hello")
+    assert hello is not None and hello["auth"]["method"] == "trusted-proxy", out
+    # The scopes the gateway's identityScopes give exactly this principal: it was
+    # recognised as apikey:ci-bot (its log masks the name as apikey:***).
+    assert hello["auth"]["scopes"] == ["operator.read"], hello
+    match = stack.gateway.wait_for_log(
+        r"\[ws\] authenticated user connected conn=(\S+) user=apikey:"
+    )
+    assert match.group(1)
+    seen = [r for r in stack.tap.requests() if r.header("x-pomerium-claim-email") == SERVICE]
+    assert seen, "no request reached the gateway as the service principal"
+    for request in stack.tap.requests():
+        assert key not in str(request.header("authorization") or "")
+        assert request.header("authorization") is None or "cgk_" not in request.header(
+            "authorization"
+        )

@@ -78,6 +78,8 @@ async def test_a_key_calls_the_route_as_its_principal(
     claims = verify_assertion(sent["x-pomerium-jwt-assertion"], jwks, f"127.0.0.1:{keyed.port}")
     assert claims["sub"] == "apikey:ci-bot" and claims.get("groups") == ["bots"]
     assert "email" not in claims or not claims["email"]
+    # The email header names the service principal (never an address).
+    assert sent["x-pomerium-claim-email"] == "apikey:ci-bot"
     listed = apikey(keyed.path, "list")
     assert "ci-bot" in listed.stdout and key not in listed.stdout
 
