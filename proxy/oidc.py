@@ -413,66 +413,53 @@ class OidcClient:
     async def _verify_signed_userinfo(self, token: str) -> dict[str, Any]:
         """OpenID Connect Core 5.3.2: signed by the provider's keys, for this client;
         ``sub`` is compared with the ID token's by the caller."""
+        return await self._verify_provider_jwt(
+            token, "the signed userinfo", "bad_userinfo", ["sub", "iss", "aud"]
+        )
+
+    async def _verify_provider_jwt(
+        self, token: str, what: str, reason: str, required: list[str]
+    ) -> dict[str, Any]:
+        """The checks every JWT from the provider gets (ID token, signed userinfo,
+        logout token): an asymmetric ``alg`` (``none`` and HMAC are refused before any
+        key is looked at), the key by ``kid`` or by ``alg``, the signature, ``iss`` and
+        ``aud`` (this client), the times with the leeway, and ``required`` claims.
+        Failures are ``reason`` (or ``alg_not_allowed``), saying ``what`` it was."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise OidcError("bad_userinfo", "the signed userinfo is malformed") from None
+            raise OidcError(reason, f"{what} is malformed") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in _ALLOWED_ALGS:
-            raise OidcError("alg_not_allowed", "the signed userinfo's algorithm is not accepted")
+            raise OidcError(
+                "alg_not_allowed", f"{what} is signed with {str(alg)[:20]!r}, which is not accepted"
+            )
         kid = header.get("kid")
         key = await self._key_for(kid if isinstance(kid, str) else None, alg)
+        if alg not in _ALGS_BY_KTY.get(str(key.key_type), []):
+            raise OidcError(
+                "alg_not_allowed", f"{what}'s {alg} does not fit its {key.key_type} key"
+            )
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key=key.key,
                 algorithms=[alg],
                 audience=self._client_id,
-                issuer=self._metadata.issuer if self._metadata is not None else self.issuer,
+                issuer=self.issuer if self._metadata is None else self._metadata.issuer,
                 leeway=self._leeway,
-                options={"require": ["sub", "iss", "aud"]},
+                options={"require": required},
             )
         except jwt.PyJWTError as exc:
-            raise OidcError(
-                "bad_userinfo", f"the signed userinfo was rejected ({type(exc).__name__})"
-            ) from None
+            raise OidcError(reason, f"{what} was rejected ({type(exc).__name__})") from None
         return claims
 
     # ---- ID token ---------------------------------------------------------
 
     async def verify_id_token(self, id_token: str, *, nonce: str | None) -> dict[str, Any]:
-        try:
-            header = jwt.get_unverified_header(id_token)
-        except jwt.PyJWTError:
-            raise OidcError("bad_id_token", "the ID token is malformed") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in _ALLOWED_ALGS:
-            # "none" and HMAC among them: refused before any key is looked at.
-            raise OidcError(
-                "alg_not_allowed",
-                f"the ID token is signed with {str(alg)[:20]!r}, which is not accepted",
-            )
-        kid = header.get("kid")
-        key = await self._key_for(kid if isinstance(kid, str) else None, alg)
-        if alg not in _ALGS_BY_KTY.get(str(key.key_type), []):
-            raise OidcError(
-                "alg_not_allowed", f"the ID token's {alg} does not fit its {key.key_type} key"
-            )
-        allowed = [alg]
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                id_token,
-                key=key.key,
-                algorithms=allowed,
-                audience=self._client_id,
-                issuer=self.issuer if self._metadata is None else self._metadata.issuer,
-                leeway=self._leeway,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise OidcError(
-                "bad_id_token", f"the ID token was rejected ({type(exc).__name__})"
-            ) from None
+        claims = await self._verify_provider_jwt(
+            id_token, "the ID token", "bad_id_token", ["exp", "iat", "iss", "aud", "sub"]
+        )
         aud = claims.get("aud")
         if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != self._client_id:
             raise OidcError("bad_id_token", "the ID token is meant for another client (azp)")
@@ -486,29 +473,9 @@ class OidcClient:
         """OpenID Connect Back-Channel Logout 1.0, 2.6: signed by the provider, for this
         client, recent, carrying the logout event, naming a session (``sid``) or a user
         (``sub``), and no nonce. The caller makes ``jti`` single-use."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise OidcError("bad_logout_token", "the logout token is malformed") from None
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in _ALLOWED_ALGS:
-            raise OidcError("alg_not_allowed", "the logout token's algorithm is not accepted")
-        kid = header.get("kid")
-        key = await self._key_for(kid if isinstance(kid, str) else None, alg)
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key=key.key,
-                algorithms=[alg],
-                audience=self._client_id,
-                issuer=self._metadata.issuer if self._metadata is not None else self.issuer,
-                leeway=self._leeway,
-                options={"require": ["iss", "aud", "iat", "jti", "events"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise OidcError(
-                "bad_logout_token", f"the logout token was rejected ({type(exc).__name__})"
-            ) from None
+        claims = await self._verify_provider_jwt(
+            token, "the logout token", "bad_logout_token", ["iss", "aud", "iat", "jti", "events"]
+        )
         if time.time() - int(claims["iat"]) > LOGOUT_TOKEN_MAX_AGE + self._leeway:
             raise OidcError("bad_logout_token", "the logout token is too old")
         events = claims.get("events")

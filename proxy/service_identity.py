@@ -15,7 +15,9 @@ are scripts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import structlog
@@ -103,21 +105,9 @@ def _key_session(
     lifetime = _CREDENTIAL_SESSION_LIFETIME
     if key.expires is not None:
         lifetime = max(1, min(lifetime, int(key.expires.timestamp()) - issued))
-    session = Session.create(
-        sub=key.subject,
-        email=None,
-        email_verified=None,
-        groups=key.groups,
-        claims={},
-        host=audience,
-        now=issued,
-        lifetime=lifetime,
-        refresh_at=issued + lifetime,
-        refresh_token=None,
-        id_token=None,
-    )
+    session = _session(key.subject, None, key.groups, audience, issued, lifetime)
     # A stable id per key: the assertion cache and revocation both key on it.
-    return _with_sid(session, KEY_SESSION + key.key_hash)
+    return dataclasses.replace(session, sid=KEY_SESSION + key.key_hash, csrf="")
 
 
 async def _basic_session(
@@ -150,23 +140,26 @@ async def _basic_session(
         return _refusal(401, "invalid_credentials", "wrong user name or password", rid,
                         scheme="Basic")
     PASSWORD_THROTTLE.succeeded(ip, credential.user)
-    issued = int(time.time())
-    return Session.create(
-        sub=user.subject,
-        email=user.email,
-        email_verified=None,
-        groups=tuple(runtime.snapshot.settings.htpasswd_groups.get(user.name, ())),
-        claims={},
-        host=audience,
-        now=issued,
-        lifetime=_CREDENTIAL_SESSION_LIFETIME,
-        refresh_at=issued + _CREDENTIAL_SESSION_LIFETIME,
-        refresh_token=None,
-        id_token=None,
+    groups = runtime.snapshot.settings.htpasswd_groups.get(user.name, ())
+    return _session(
+        user.subject, user.email, groups, audience, int(time.time()), _CREDENTIAL_SESSION_LIFETIME
     )
 
 
-def _with_sid(session: Session, sid: str) -> Session:
-    import dataclasses
-
-    return dataclasses.replace(session, sid=sid, csrf="")
+def _session(
+    sub: str, email: str | None, groups: Sequence[str], audience: str, issued: int, lifetime: int
+) -> Session:
+    """A credential's session: no provider tokens, so nothing to refresh before it ends."""
+    return Session.create(
+        sub=sub,
+        email=email,
+        email_verified=None,
+        groups=tuple(groups),
+        claims={},
+        host=audience,
+        now=issued,
+        lifetime=lifetime,
+        refresh_at=issued + lifetime,
+        refresh_token=None,
+        id_token=None,
+    )
