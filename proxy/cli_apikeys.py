@@ -65,6 +65,20 @@ def _key_file(snapshot: Snapshot) -> Path | None:
     return path
 
 
+def _keys_in_force(config: str | None) -> tuple[Snapshot, Path, list[ApiKey]] | None:
+    """The config, its key file and the keys in it; None once the problem is reported."""
+    snapshot = _snapshot(config)
+    if snapshot is None:
+        return None
+    path = _key_file(snapshot)
+    if path is None:
+        return None
+    keys = _load(path)
+    if keys is None:
+        return None
+    return snapshot, path, keys
+
+
 def _load(path: Path) -> list[ApiKey] | None:
     try:
         return load_key_file(path)
@@ -119,15 +133,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         return _fail(str(exc))
-    snapshot = _snapshot(args.config)
-    if snapshot is None:
+    found = _keys_in_force(args.config)
+    if found is None:
         return 2
-    path = _key_file(snapshot)
-    if path is None:
-        return 2
-    keys = _load(path)
-    if keys is None:
-        return 2
+    snapshot, path, keys = found
     if any(k.name == args.name for k in keys):
         return _fail(
             f"{path} already has an API key named {args.name!r}: revoke it first "
@@ -169,15 +178,10 @@ def _notes(snapshot: Snapshot, record: ApiKey) -> list[str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    snapshot = _snapshot(args.config)
-    if snapshot is None:
+    found = _keys_in_force(args.config)
+    if found is None:
         return 2
-    path = _key_file(snapshot)
-    if path is None:
-        return 2
-    keys = _load(path)
-    if keys is None:
-        return 2
+    _, path, keys = found
     if not keys:
         print(f"no API keys in {path}")
         return 0
@@ -211,15 +215,10 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    snapshot = _snapshot(args.config)
-    if snapshot is None:
+    found = _keys_in_force(args.config)
+    if found is None:
         return 2
-    path = _key_file(snapshot)
-    if path is None:
-        return 2
-    keys = _load(path)
-    if keys is None:
-        return 2
+    _, path, keys = found
     kept = [k for k in keys if k.name != args.name]
     if len(kept) == len(keys):
         return _fail(f"{path} has no API key named {args.name!r}", 1)
