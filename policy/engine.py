@@ -146,6 +146,9 @@ class Context:
     def path(self) -> str | None:
         return self.facts.path
 
+    def ssh_username(self) -> str | None:
+        return self.facts.ssh_username
+
     def ip(self) -> IPAddress | None:
         if self._ip is Context._UNSET:
             value: IPAddress | None

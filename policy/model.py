@@ -44,6 +44,9 @@ class RequestFacts:
     path: str
     source_ip: str
     now: datetime
+    # The login name asked for at the SSH door (``ssh -l NAME``); None for HTTP requests,
+    # so an ``ssh_username`` criterion never matches one.
+    ssh_username: str | None = None
 
     def __post_init__(self) -> None:
         if self.now.tzinfo is None or self.now.utcoffset() is None:

@@ -238,6 +238,7 @@ _STRING_SUBJECTS: Final[dict[str, tuple[Subject, Callable[[Loc, str, str], str]]
     "user": (Context.user, _plain),
     "http_method": (Context.method, _method_value),
     "http_path": (Context.path, _path_value),
+    "ssh_username": (Context.ssh_username, _plain),
 }
 
 # Subjects whose plain is/in criteria are merged into one lookup inside or/not.
@@ -461,6 +462,7 @@ CRITERIA: Final = (
     "claim/<name>",
     "http_method",
     "http_path",
+    "ssh_username",
     "source_ip",
     "date",
     "day_of_week",
