@@ -1,8 +1,9 @@
 """The one decision: is this request allowed, and until when does that answer hold.
 
-Every path that lets a request or a WebSocket through asks :func:`admit`: the
-handler (proxy/handler.py), the front's admission (proxy/exchange.py) and the
-re-checks of open WebSockets (proxy/policy_watch.py). Its :class:`Verdict` carries
+Every path that lets a request, a WebSocket or an SSH connection through asks
+:func:`admit`: the handler (proxy/handler.py), the front's admission
+(proxy/exchange.py), the re-checks of open WebSockets (proxy/policy_watch.py) and the
+SSH door, at approval and while connected (proxy/ssh_gate.py). Its :class:`Verdict` carries
 how long it may be reused without asking again: until the next bound of a time
 criterion the policy looked at (``Decision.valid_until``, policy/engine.py), the
 session's hard expiry and its refresh time, whichever comes first. The configuration
@@ -18,14 +19,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
+from policy.engine import Policy
 from policy.model import Decision, Identity, RequestFacts
 from proxy.session import Session
-from proxy.snapshot import Route
 
 __all__ = ["FOREVER", "Verdict", "admit", "still_holds"]
 
 FOREVER = math.inf
+
+
+class Guarded(Protocol):
+    """A route of either kind (proxy/snapshot.py ``Route``, ``SshRouteConfig``)."""
+
+    @property
+    def policy(self) -> Policy: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +50,21 @@ class Verdict:
 
 
 def admit(
-    route: Route,
+    route: Guarded,
     session: Session | None,
     identity: Identity | None,
     method: str,
     path: str,
     ip: str,
     now: float,
+    *,
+    ssh_username: str | None = None,
 ) -> Verdict:
     """Decide a request on ``route`` at ``now`` (Unix seconds) for ``identity`` (made
-    from ``session``; None: anonymous)."""
-    decision = route.policy.decide(
-        RequestFacts(method, path, ip, datetime.fromtimestamp(now, UTC)), identity
-    )
+    from ``session``; None: anonymous). An SSH connection is decided with method
+    ``SSH``, an empty path and the login name it asked for."""
+    facts = RequestFacts(method, path, ip, datetime.fromtimestamp(now, UTC), ssh_username)
+    decision = route.policy.decide(facts, identity)
     until = FOREVER if decision.valid_until is None else decision.valid_until.timestamp()
     if session is not None:
         until = min(until, session.expires_at, session.refresh_at)

@@ -1,4 +1,5 @@
-"""Continuous authorization of open WebSockets.
+"""Continuous authorization of open WebSockets (and, through ``Runtime.reauthorizers``,
+of the SSH door's connections: proxy/ssh_gate.py).
 
 A WebSocket is authorized once, at the upgrade; after that it can live for hours.
 These re-checks close it (code 1008, with a reason) when its session is signed out,
@@ -44,7 +45,17 @@ def _denial(runtime: Runtime, conn: LiveConnection, clock: float) -> str | None:
 async def reauthorize_connections(runtime: Runtime) -> int:
     """After a config reload: close the connections the new policy refuses."""
     clock = time.time()
-    return await runtime.registry.close_where(lambda conn: _denial(runtime, conn, clock))
+    closed = await runtime.registry.close_where(lambda conn: _denial(runtime, conn, clock))
+    await _others(runtime)
+    return closed
+
+
+async def _others(runtime: Runtime) -> None:
+    for reauthorize in runtime.reauthorizers:
+        try:
+            await reauthorize()
+        except Exception:
+            log.exception("reauthorize_failed")
 
 
 async def _close(conn: LiveConnection, reason: str, logged: str | None = None) -> None:
@@ -62,7 +73,9 @@ async def close_signed_out(runtime: Runtime) -> int:
             return None
         return "signed out"
 
-    return await runtime.registry.close_where(covered)
+    closed = await runtime.registry.close_where(covered)
+    await _others(runtime)
+    return closed
 
 
 async def sweep_connections(runtime: Runtime) -> None:
@@ -88,6 +101,7 @@ async def sweep_connections(runtime: Runtime) -> None:
             reason = _denial(runtime, conn, clock)
             if reason is not None:
                 await _close(conn, reason)
+    await _others(runtime)
 
 
 async def sweep_sessions(runtime: Runtime) -> None:

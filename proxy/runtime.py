@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,10 @@ class Runtime:
     shared_dir: Path | None = None
     # Called with every sign-out made here (proxy/peers.py tells sibling workers).
     revoke_hooks: list[Callable[[Revocation], None]] = field(default_factory=list)
+    # Re-decide connections held open outside the WebSocket registry (the SSH door,
+    # proxy/ssh_gate.py): called whenever the WebSockets are re-checked
+    # (proxy/policy_watch.py), i.e. on a sign-out, a reload and every sweep.
+    reauthorizers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def revoke(self, revocation: Revocation, *, broadcast: bool = True) -> None:
         """A sign-out made here (or, ``broadcast`` False, told by a sibling worker)."""

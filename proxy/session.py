@@ -213,6 +213,17 @@ def _session_to_json(session: Session) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def session_to_text(session: Session) -> str:
+    """The session as JSON text, to be sealed (``SessionCodec.seal``) before it is
+    kept anywhere, e.g. the SSH door's grants in the shared store."""
+    return _session_to_json(session).decode("ascii")
+
+
+def session_from_text(text: str) -> Session:
+    """The inverse of :func:`session_to_text`; :class:`SessionError` if malformed."""
+    return _session_from_json(text.encode("ascii", "replace"))
+
+
 def _is_int(value: object) -> bool:
     return type(value) is int
 

@@ -123,6 +123,16 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+_SSH_ROUTE_NAME = re.compile(r"^ssh://[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_SSH_UPSTREAM = re.compile(r"^ssh://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:\d{1,5})?/?$")
+
+
+def default_data_dir() -> Path:
+    """Where state lives unless ``data_dir`` says: ``$XDG_DATA_HOME/clawgate``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "clawgate"
+
+
 def _duration_or_none(value: object) -> float | None:
     return None if value is None else parse_duration(value)
 
@@ -154,6 +164,16 @@ class RouteSettings(BaseModel):
     # cgk_...) and local users' Basic auth (proxy/apikeys/, proxy/localusers/).
     allow_api_keys: bool = False
     allow_basic_auth: bool = False
+    # SSH routes (``from: ssh://NAME``, ``to: ssh://host:22``; proxy/ssh/): the login on
+    # the upstream (the certificate's principal) is the one the user asked for, unless
+    # fixed here or taken from an identity claim; what the certificate permits beyond a
+    # shell is off unless the route says so.
+    ssh_principal: str | None = None
+    ssh_principal_claim: str | None = None
+    ssh_allow_pty: bool = True
+    ssh_allow_port_forwarding: bool = False
+    ssh_allow_agent_forwarding: bool = False
+    ssh_allow_x11_forwarding: bool = False
     # Policy: validated and compiled by policy.parse.compile_route_policy.
     policy: Any = None
     allowed_users: Any = None
@@ -168,15 +188,48 @@ class RouteSettings(BaseModel):
     @field_validator("to")
     @classmethod
     def _upstream_url(cls, value: str) -> str:
+        if value.startswith("ssh://"):
+            if not _SSH_UPSTREAM.match(value):
+                raise ValueError(f"{value!r}: expected ssh://host or ssh://host:port")
+            return value
         if not re.match(r"^https?://[^/?#\s]+(/[^\s?#]*)?$", value):
             raise ValueError(f"{value!r}: expected an http:// or https:// URL")
         return value
+
+    @property
+    def is_ssh(self) -> bool:
+        return self.from_.startswith("ssh://")
 
     @model_validator(mode="after")
     def _one_path_matcher(self) -> RouteSettings:
         given = [k for k in ("path", "prefix", "regex") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"use at most one of path, prefix and regex (got {given})")
+        if self.is_ssh:
+            if not _SSH_ROUTE_NAME.match(self.from_):
+                raise KeyedValueError(
+                    "from", f"{self.from_!r}: expected ssh://NAME (letters, digits, . _ -)"
+                )
+            if not self.to.startswith("ssh://"):
+                raise KeyedValueError("to", "an ssh:// route goes to an ssh:// upstream")
+            http_only = [
+                k
+                for k in ("path", "prefix", "regex", "prefix_rewrite")
+                if getattr(self, k) is not None
+            ]
+            if http_only or self.allow_websockets or self.allow_api_keys or self.allow_basic_auth:
+                named = http_only + [
+                    k
+                    for k in ("allow_websockets", "allow_api_keys", "allow_basic_auth")
+                    if getattr(self, k)
+                ]
+                raise KeyedValueError(named[0], f"{named[0]} has no meaning on an ssh:// route")
+            if self.ssh_principal is not None and self.ssh_principal_claim is not None:
+                raise KeyedValueError(
+                    "ssh_principal_claim", "set ssh_principal or ssh_principal_claim, not both"
+                )
+        elif self.to.startswith("ssh://"):
+            raise KeyedValueError("to", "an ssh:// upstream needs a route from ssh://NAME")
         return self
 
     def policy_source(self) -> dict[str, Any]:
@@ -311,6 +364,29 @@ class Settings(BaseSettings):
         default="clawgate:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9:_.-]+$"
     )
 
+    # State kept on disk across restarts (ACME account and certificates, SSH host keys):
+    # default $XDG_DATA_HOME/clawgate (in the container image: /data).
+    data_dir: Path | None = None
+
+    # Certificates from an ACME CA (proxy/autocert/), Pomerium's keys.
+    autocert: bool = False
+    autocert_dir: Path | None = None  # default <data_dir>/autocert
+    autocert_ca: str | None = None  # directory URL; default Let's Encrypt production
+    autocert_use_staging: bool = False
+    autocert_email: str | None = None
+    autocert_trusted_ca: Path | None = None
+    autocert_eab_key_id: str | None = None
+    autocert_eab_mac_key: SecretStr | None = None
+    autocert_eab_mac_key_file: Path | None = None
+
+    # The SSH door (proxy/ssh/): off unless ssh_address is set.
+    ssh_address: str | None = None
+    ssh_host_key_files: list[Path] = Field(default_factory=list)  # default: made in data_dir
+    ssh_user_ca_key_file: Path | None = None
+    # The upstream sshd's host keys (known_hosts format); without it the first key seen
+    # is pinned in data_dir and a changed key is refused.
+    ssh_upstream_known_hosts_file: Path | None = None
+
     routes: list[RouteSettings] = Field(default_factory=list)
 
     # Pomerium keys with no meaning in one process; accepted so a Pomerium config.yaml
@@ -373,7 +449,9 @@ class Settings(BaseSettings):
             return [v for v in re.split(r"[\s,]+", value) if v]
         return value
 
-    @field_validator("address", "http_redirect_addr", "health_address", "metrics_address")
+    @field_validator(
+        "address", "http_redirect_addr", "health_address", "metrics_address", "ssh_address"
+    )
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is not None and value != "":
@@ -406,6 +484,7 @@ class Settings(BaseSettings):
             "cookie_secret",
             "signing_key",
             "databroker_storage_connection_string",
+            "autocert_eab_mac_key",
         ):
             path = data.get(f"{key}_file")
             if path is None:
@@ -479,7 +558,66 @@ class Settings(BaseSettings):
                 "databroker_storage_connection_string",
                 "set databroker_storage_type: redis to use it (the memory store has none)",
             )
+        self._check_autocert()
+        self._check_ssh()
         return self
+
+    def _check_autocert(self) -> None:
+        if (self.autocert_eab_key_id is None) != (self.autocert_eab_mac_key is None):
+            given = "autocert_eab_key_id" if self.autocert_eab_key_id else "autocert_eab_mac_key"
+            raise KeyedValueError(
+                given, "autocert_eab_key_id and autocert_eab_mac_key go together"
+            )
+        if self.autocert_ca is not None:
+            match = re.match(r"^(https?)://([^/?#@\s]+)(/[^?#\s]*)?$", self.autocert_ca)
+            if not match:
+                raise KeyedValueError("autocert_ca", "expected the ACME directory's https URL")
+            if match.group(1) == "http" and not _is_loopback_authority(match.group(2)):
+                raise KeyedValueError(
+                    "autocert_ca", "the ACME directory must use https (http only on loopback)"
+                )
+            if self.autocert_use_staging:
+                raise KeyedValueError(
+                    "autocert_use_staging", "autocert_ca names the directory: drop one of them"
+                )
+        if self.autocert and self.insecure_server:
+            raise KeyedValueError(
+                "autocert", "autocert needs TLS: drop insecure_server (or autocert)"
+            )
+        if self.autocert_trusted_ca is not None and not self.autocert_trusted_ca.is_file():
+            raise KeyedValueError(
+                "autocert_trusted_ca", f"{self.autocert_trusted_ca} is not a readable file"
+            )
+
+    def _check_ssh(self) -> None:
+        ssh_routes = [r for r in self.routes if r.is_ssh]
+        if self.ssh_address is None:
+            if ssh_routes:
+                raise KeyedValueError(
+                    "routes", "ssh:// routes need ssh_address (the SSH door's listener)"
+                )
+            return
+        if self.ssh_user_ca_key_file is None:
+            raise KeyedValueError(
+                "ssh_address",
+                "the SSH door needs ssh_user_ca_key_file (make one: clawgate ssh-ca init)",
+            )
+        if not ssh_routes:
+            raise KeyedValueError("ssh_address", "the SSH door needs a route from ssh://NAME")
+        if not any(not r.is_ssh for r in self.routes):
+            raise KeyedValueError(
+                "ssh_address",
+                "SSH sign-in is approved in the browser: add an https:// route for it",
+            )
+        names = [r.from_ for r in ssh_routes]
+        if len(set(names)) != len(names):
+            raise KeyedValueError("routes", "two ssh:// routes have the same name")
+
+    def data_path(self) -> Path:
+        return self.data_dir if self.data_dir is not None else default_data_dir()
+
+    def autocert_path(self) -> Path:
+        return self.autocert_dir if self.autocert_dir is not None else self.data_path() / "autocert"
 
     @classmethod
     def settings_customise_sources(
@@ -505,6 +643,12 @@ class Settings(BaseSettings):
 
     def needs_idp(self) -> bool:
         return any(r.allow_public_unauthenticated_access is not True for r in self.routes)
+
+    def http_routes(self) -> list[RouteSettings]:
+        return [r for r in self.routes if not r.is_ssh]
+
+    def ssh_routes(self) -> list[RouteSettings]:
+        return [r for r in self.routes if r.is_ssh]
 
 
 def _is_loopback_authority(authority: str) -> bool:
@@ -597,7 +741,8 @@ def _error_loc(err: Mapping[str, Any]) -> Loc:
     # Whole-model checks report at the top level; a KeyedValueError knows its key.
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, KeyedValueError):
-        return (cause.key,)
+        # Raised by the whole document's check (loc empty) or by one route's (its index).
+        return (*_clean_loc(err["loc"]), cause.key)
     return _clean_loc(err["loc"])
 
 

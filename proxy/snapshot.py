@@ -61,6 +61,22 @@ RESTART_KEYS = (
     "databroker_storage_type",
     "databroker_storage_connection_string",
     "databroker_storage_key_prefix",
+    "data_dir",
+    # The ACME client and its account are made at start (proxy/autocert/); route hosts
+    # added by a reload are still obtained without a restart.
+    "autocert",
+    "autocert_dir",
+    "autocert_ca",
+    "autocert_use_staging",
+    "autocert_email",
+    "autocert_trusted_ca",
+    "autocert_eab_key_id",
+    "autocert_eab_mac_key",
+    # The SSH door's listener and keys (proxy/ssh/); its routes and policies reload.
+    "ssh_address",
+    "ssh_host_key_files",
+    "ssh_user_ca_key_file",
+    "ssh_upstream_known_hosts_file",
 )
 
 
@@ -81,6 +97,18 @@ class Route:
     timeout: float | None
     idle_timeout: float | None
     pass_identity: bool
+
+
+@dataclass(frozen=True)
+class SshRouteConfig:
+    """A compiled ``from: ssh://NAME`` route: the SSH door's (proxy/ssh_gate.py)."""
+
+    index: int
+    name: str
+    settings: RouteSettings
+    policy: Policy
+    upstream_host: str
+    upstream_port: int
 
 
 @dataclass(frozen=True)
@@ -112,6 +140,7 @@ class Snapshot:
     # The hashes of the keys in force: a key session whose hash is gone is refused.
     api_key_hashes: frozenset[str] = frozenset()
     local_users: Verifier | None = None
+    ssh_routes: tuple[SshRouteConfig, ...] = ()
 
 
 def side_file(source: str, path: Path | None) -> Path | None:
@@ -186,8 +215,12 @@ def build_snapshot(
     """Compile ``settings``; :class:`ConfigError` names file, line and key of each problem."""
     problems: list[str] = []
     routes: list[Route] = []
+    ssh_routes: list[SshRouteConfig] = []
     for index, rs in enumerate(settings.routes):
         try:
+            if rs.is_ssh:
+                ssh_routes.append(_compile_ssh_route(index, rs))
+                continue
             routes.append(_compile_route(index, rs, settings))
         except PolicyError as exc:
             problems.append(describe(source, located, ("routes", index, *exc.loc), exc.message))
@@ -246,6 +279,7 @@ def build_snapshot(
         api_keys=KeyIndex(api_keys),
         api_key_hashes=frozenset(k.key_hash for k in api_keys),
         local_users=local_users,
+        ssh_routes=tuple(ssh_routes),
     )
 
 
@@ -279,6 +313,18 @@ def _compile_route(index: int, rs: RouteSettings, settings: Settings) -> Route:
         pass_identity=settings.pass_identity_headers
         if rs.pass_identity_headers is None
         else rs.pass_identity_headers,
+    )
+
+
+def _compile_ssh_route(index: int, rs: RouteSettings) -> SshRouteConfig:
+    upstream = URL(rs.to)
+    return SshRouteConfig(
+        index=index,
+        name=rs.from_.removeprefix("ssh://"),
+        settings=rs,
+        policy=compile_route_policy(rs.policy_source()),
+        upstream_host=upstream.host or "",
+        upstream_port=upstream.port or 22,
     )
 
 
