@@ -1,0 +1,281 @@
+"""A real Pebble (Let's Encrypt's test ACME CA) for the autocert tests.
+
+Everything listens on 127.0.0.1 on free ports. ``pebble-challtestsrv`` runs only as
+Pebble's DNS server and answers every name with 127.0.0.1, so Pebble's validation
+connections for ``a.test`` and friends land on the ports the test's own challenge
+responders listen on (``http_port`` for HTTP-01, ``tls_port`` for TLS-ALPN-01).
+
+Pebble's API needs a certificate of its own: a small CA and a server certificate for
+127.0.0.1/localhost are made here (``ca_file`` is what clients trust to talk to it).
+The certificates Pebble *issues* chain to a root it makes afresh at every start,
+``root_pem()`` fetches it from the management port. ``stop()`` kills Pebble (every
+account, order and root is forgotten, as with a real CA one cannot reach) and
+``start()`` brings it back on the same ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.upstream import free_port
+
+PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
+CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
+_READY_WITHIN = 15.0
+
+
+class Pebble:
+    """``async with Pebble(http_port=..., tls_port=...) as pebble:`` runs Pebble and its
+    DNS until the end of the block."""
+
+    def __init__(
+        self,
+        *,
+        http_port: int,
+        tls_port: int,
+        validity_seconds: int | None = None,
+        eab_keys: dict[str, str] | None = None,
+    ) -> None:
+        self.http_port = http_port
+        self.tls_port = tls_port
+        self.validity_seconds = validity_seconds
+        # key id -> base64url HMAC key; when given, accounts need external binding.
+        self.eab_keys = eab_keys
+        self.port = free_port()
+        self.management_port = free_port()
+        self.dns_port = free_port()
+        self.dns_management_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="clawgate-pebble-"))
+        self.ca_file, self._cert_file, self._key_file = _make_certificates(self.dir)
+        self.log_file = self.dir / "pebble.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.dns: subprocess.Popen[bytes] | None = None
+
+    @property
+    def directory_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dir"
+
+    def log_text(self) -> str:
+        """Everything Pebble printed, across restarts."""
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    async def start(self) -> Self:
+        if self.dns is None or self.dns.poll() is not None:
+            self.dns = subprocess.Popen(
+                [
+                    CHALLTESTSRV,
+                    "-dns01",
+                    f"127.0.0.1:{self.dns_port}",
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                    "-management",
+                    f"127.0.0.1:{self.dns_management_port}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        config = self.dir / "pebble-config.json"
+        config.write_text(json.dumps({"pebble": self._config()}))
+        env = {
+            **os.environ,
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+            # Every order proves control afresh, so renewals exercise the challenges too.
+            "PEBBLE_AUTHZREUSE": "0",
+        }
+        log = self.log_file.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                [PEBBLE, "-config", str(config), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                cwd=self.dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        await self._wait_ready()
+        return self
+
+    async def stop(self) -> None:
+        """Kill Pebble (its DNS keeps running); it forgets everything."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
+
+    async def close(self) -> None:
+        await self.stop()
+        dns, self.dns = self.dns, None
+        if dns is not None and dns.poll() is None:
+            dns.kill()
+            await asyncio.to_thread(dns.wait)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def root_pem(self) -> str:
+        """The root the certificates Pebble issues chain to (new at every start)."""
+        return await asyncio.to_thread(self._get, "/roots/0")
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "listenAddress": f"127.0.0.1:{self.port}",
+            "managementListenAddress": f"127.0.0.1:{self.management_port}",
+            "certificate": str(self._cert_file),
+            "privateKey": str(self._key_file),
+            "httpPort": self.http_port,
+            "tlsPort": self.tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": self.eab_keys is not None,
+        }
+        if self.eab_keys is not None:
+            config["externalAccountMACKeys"] = self.eab_keys
+        if self.validity_seconds is not None:
+            config["certificateValidityPeriod"] = self.validity_seconds
+        return config
+
+    def _get(self, path: str) -> str:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        url = f"https://127.0.0.1:{self.management_port}{path}"
+        with urllib.request.urlopen(url, context=context, timeout=5) as response:
+            return str(response.read().decode())
+
+    async def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _READY_WITHIN
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+
+        def directory() -> bool:
+            try:
+                with urllib.request.urlopen(self.directory_url, context=context, timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pebble exited: {self.log_text()[-2000:]}")
+            if await asyncio.to_thread(directory):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pebble did not answer: {self.log_text()[-2000:]}")
+            await asyncio.sleep(0.05)
+
+
+def _make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for 127.0.0.1 and localhost (Pebble's API)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clawgate pebble API CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (
+        directory / "api-ca.pem",
+        directory / "api-cert.pem",
+        directory / "api-key.pem",
+    )
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
