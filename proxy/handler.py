@@ -31,6 +31,8 @@ from proxy.runtime import REQUEST_ID, ROUTE_NAME, RUNTIME, USER, Runtime, client
 from proxy.service_identity import credential_session
 from proxy.session import Session
 from proxy.snapshot import Route
+from proxy.ssh_approval import ssh_approval
+from proxy.ssh_gate import APPROVAL_PREFIX
 from proxy.throttle import limit_user
 from proxy.upstream_link import UpstreamError
 from proxy.upstream_request import (
@@ -97,6 +99,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         )
     if path.startswith("/.clawgate") or path == JWKS_PATH:
         endpoint = ENDPOINTS.get(path)
+        if endpoint is None and path.startswith(APPROVAL_PREFIX) and snap.ssh_routes:
+            endpoint = ssh_approval
         route_name = snap.hosts.match(request.host, "/")
         if endpoint is None or route_name is None:
             return _not_found(request, rid)

@@ -386,6 +386,8 @@ class Settings(BaseSettings):
     # The upstream sshd's host keys (known_hosts format); without it the first key seen
     # is pinned in data_dir and a changed key is refused.
     ssh_upstream_known_hosts_file: Path | None = None
+    # How long an SSH sign-in waits for its approval in the browser.
+    ssh_approval_timeout: float = Field(default=300.0, gt=0)
 
     routes: list[RouteSettings] = Field(default_factory=list)
 
@@ -407,6 +409,7 @@ class Settings(BaseSettings):
         "idp_clock_leeway",
         "idp_timeout",
         "cookie_expire",
+        "ssh_approval_timeout",
         mode="before",
     )(parse_duration)
 
@@ -550,8 +553,7 @@ class Settings(BaseSettings):
             if scheme not in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
                 raise KeyedValueError(
                     "databroker_storage_connection_string",
-                    "must start with redis://, rediss://, redis+sentinel:// or "
-                    "rediss+sentinel://",
+                    "must start with redis://, rediss://, redis+sentinel:// or rediss+sentinel://",
                 )
         elif connection is not None:
             raise KeyedValueError(
@@ -565,9 +567,7 @@ class Settings(BaseSettings):
     def _check_autocert(self) -> None:
         if (self.autocert_eab_key_id is None) != (self.autocert_eab_mac_key is None):
             given = "autocert_eab_key_id" if self.autocert_eab_key_id else "autocert_eab_mac_key"
-            raise KeyedValueError(
-                given, "autocert_eab_key_id and autocert_eab_mac_key go together"
-            )
+            raise KeyedValueError(given, "autocert_eab_key_id and autocert_eab_mac_key go together")
         if self.autocert_ca is not None:
             match = re.match(r"^(https?)://([^/?#@\s]+)(/[^?#\s]*)?$", self.autocert_ca)
             if not match:

@@ -77,6 +77,7 @@ RESTART_KEYS = (
     "ssh_host_key_files",
     "ssh_user_ca_key_file",
     "ssh_upstream_known_hosts_file",
+    "ssh_approval_timeout",
 )
 
 
@@ -253,6 +254,14 @@ def build_snapshot(
             api_keys = load_key_file(key_file)
     except KeyFileError as exc:
         problems.append(str(exc))
+    ca_file = side_file(source, settings.ssh_user_ca_key_file)
+    if settings.ssh_address is not None and ca_file is not None:
+        from proxy.ssh import SshSetupError, UserCA
+
+        try:
+            UserCA.load(ca_file)
+        except SshSetupError as exc:
+            problems.append(describe(source, located, ("ssh_user_ca_key_file",), str(exc)))
     try:
         password_file = side_file(source, settings.htpasswd_file)
         if password_file is not None:
