@@ -33,7 +33,7 @@ import aiohttp
 from policy.model import Identity, RequestFacts
 from proxy.session import SessionCodec
 from proxy.settings import Settings
-from proxy.snapshot import Route, Snapshot
+from proxy.snapshot import Route, Snapshot, side_file
 from proxy.tls import certificate_not_after
 
 __all__ = ["Finding", "add_audit_command", "audit_config", "deep_probe"]
@@ -140,6 +140,129 @@ def _file_findings(path: Path, settings: Settings) -> list[Finding]:
     return out
 
 
+def _autocert_findings(snap: Snapshot, now: dt.datetime) -> list[Finding]:
+    """Certificates autocert holds on disk (no CA is contacted) and hosts it cannot do."""
+    if not snap.settings.autocert:
+        return []
+    from proxy.autocert import Autocert, refused_hosts
+    from proxy.certificates import autocert_config, autocert_hosts
+
+    out: list[Finding] = []
+    hosts = autocert_hosts(snap)
+    refused = refused_hosts(hosts)
+    for host, why in refused.items():
+        out.append(
+            Finding(
+                "medium",
+                "autocert",
+                f"no certificate can be obtained for {host}: {why}",
+                "give that route a certificate_file, or name each host",
+            )
+        )
+    held = {s.host: s for s in Autocert(autocert_config(snap.settings, snap.source)).status()}
+    for host in hosts:
+        if host in refused:
+            continue
+        status = held.get(host)
+        key = f"autocert ({host})"
+        if status is None or status.not_after is None:
+            out.append(
+                Finding(
+                    "medium",
+                    key,
+                    "no certificate has been obtained yet: browsers see the fallback certificate",
+                    "check that ports 443 and/or 80 reach clawgate and see /readyz",
+                )
+            )
+            continue
+        left = status.not_after - now
+        if left <= dt.timedelta(0):
+            out.append(
+                Finding(
+                    "high",
+                    key,
+                    f"the certificate expired on {status.not_after:%Y-%m-%d}",
+                    "see /readyz and the autocert_failed log lines for why renewal fails",
+                )
+            )
+        elif left < dt.timedelta(days=CERT_WARN_DAYS):
+            out.append(
+                Finding(
+                    "medium",
+                    key,
+                    f"the certificate expires on {status.not_after:%Y-%m-%d} "
+                    f"({left.days} days) and has not been renewed",
+                    "see /readyz and the autocert_failed log lines for why renewal fails",
+                )
+            )
+    return out
+
+
+def _ssh_findings(snap: Snapshot) -> list[Finding]:
+    settings = snap.settings
+    if settings.ssh_address is None:
+        return []
+    out: list[Finding] = []
+    ca = side_file(snap.source, settings.ssh_user_ca_key_file)
+    if ca is not None:
+        try:
+            mode = ca.stat().st_mode
+        except OSError:
+            mode = 0
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            out.append(
+                Finding(
+                    "high",
+                    "ssh_user_ca_key_file",
+                    f"{ca} can be read by other users (mode {stat.S_IMODE(mode):o}): whoever "
+                    "reads it can log in to every host that trusts the CA",
+                    f"chmod 600 {ca}",
+                )
+            )
+    if settings.ssh_upstream_known_hosts_file is None:
+        out.append(
+            Finding(
+                "low",
+                "ssh_upstream_known_hosts_file",
+                "the upstream sshd's host key is trusted on first use",
+                "set ssh_upstream_known_hosts_file to its known_hosts line(s)",
+            )
+        )
+    for route in snap.ssh_routes:
+        key = f"routes[{route.index}] (ssh://{route.name})"
+        facts = RequestFacts("SSH", "", "203.0.113.9", dt.datetime.now(dt.UTC), ssh_username="root")
+        if route.policy.decide(facts, _STRANGER).allow:
+            out.append(
+                Finding(
+                    "high",
+                    key,
+                    "any signed-in account of the identity provider gets a shell on the "
+                    "OpenClaw host (and may ask for any login, root included)",
+                    "list who may use it (allowed_users, a policy) and which logins (ssh_username)",
+                )
+            )
+        forwards = [
+            name
+            for name, on in (
+                ("port", route.settings.ssh_allow_port_forwarding),
+                ("agent", route.settings.ssh_allow_agent_forwarding),
+                ("X11", route.settings.ssh_allow_x11_forwarding),
+            )
+            if on
+        ]
+        if forwards:
+            out.append(
+                Finding(
+                    "low",
+                    key,
+                    f"{', '.join(forwards)} forwarding is allowed: the upstream network (or "
+                    "the user's agent) is reachable through the SSH connection",
+                    "turn it off unless it is needed",
+                )
+            )
+    return out
+
+
 def _route_findings(route: Route) -> list[Finding]:
     out = []
     key = f"routes[{route.index}] ({route.name})"
@@ -240,6 +363,8 @@ def audit_config(
         )
     out += _store_findings(settings)
     out += _api_key_findings(settings, snap.source, now)
+    out += _autocert_findings(snap, now)
+    out += _ssh_findings(snap)
     if settings.certificate_file is not None:
         try:
             not_after = certificate_not_after(settings.certificate_file)

@@ -1,5 +1,5 @@
 """The ``clawgate`` command: serve, check, secret, keygen, probe, policy, audit, sessions,
-apikey, passwd."""
+apikey, passwd, ssh-ca."""
 
 from __future__ import annotations
 
@@ -101,6 +101,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     unknown = unknown_environment(os.environ)
     if unknown:
         print(f"  unknown:  {', '.join(unknown)} (CLAWGATE_* variables that name no setting)")
+    if s.autocert:
+        from proxy.autocert import Autocert
+        from proxy.certificates import autocert_config, autocert_hosts
+
+        print("  autocert: (nothing is sent to the CA by check)")
+        plan = Autocert(autocert_config(s, str(path))).plan(autocert_hosts(snap))
+        for line in plan:
+            print(f"    {line}")
+    if s.ssh_address:
+        print(f"  ssh:      {s.ssh_address}, user CA {s.ssh_user_ca_key_file}")
+        for ssh in snap.ssh_routes:
+            print(f"    - ssh://{ssh.name} -> {ssh.settings.to}")
     print(f"  routes:   {len(snap.routes)}")
     for route in snap.routes:
         flags = [
@@ -208,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli_passwd import add_passwd_commands
 
     add_passwd_commands(sub)
+
+    from proxy.cli_ssh import add_ssh_commands
+
+    add_ssh_commands(sub)
     return parser
 
 

@@ -127,6 +127,36 @@ CONFIG_GENERATION = Gauge(
     multiprocess_mode="max",
 )
 
+CERTIFICATE_EXPIRY = Gauge(
+    "clawgate_certificate_expiry_seconds",
+    "Seconds until the certificate served for a host (autocert) expires; negative once expired",
+    ["host"],
+    multiprocess_mode="min",
+)
+AUTOCERT_FAILING = Gauge(
+    "clawgate_autocert_failing",
+    "1 while the last attempt to obtain or renew a host's certificate failed (autocert "
+    "retries with backoff), else 0",
+    ["host"],
+    multiprocess_mode="max",
+)
+SSH_CONNECTIONS = Counter(
+    "clawgate_ssh_connections_total",
+    "SSH door events: connections accepted, signed in (of which with a remembered "
+    "key), refused, upstream failures, ended by clawgate",
+    ["event"],
+)
+SSH_BYTES = Counter(
+    "clawgate_ssh_bytes_total",
+    "Bytes relayed by the SSH door, from the user (in) and to the user (out)",
+    ["direction"],
+)
+SSH_ACTIVE = Gauge(
+    "clawgate_ssh_connections_active",
+    "Signed-in SSH connections open now",
+    multiprocess_mode="livesum",
+)
+
 _BOUNDS = (*_BUCKETS, float("inf"))
 
 

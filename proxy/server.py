@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import os
 import signal
@@ -11,7 +12,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -53,6 +54,10 @@ from proxy.throttle import THROTTLE, Throttle, ip_refusal
 from proxy.tls import CertificateStore
 from proxy.websocket import GOING_AWAY
 from proxy.workers import supervise, worker_index
+
+if TYPE_CHECKING:
+    from proxy.autocert import Autocert
+    from proxy.ssh import SshDoor
 
 log = structlog.get_logger("clawgate.server")
 
@@ -158,8 +163,15 @@ def build_app(runtime: Runtime) -> web.Application:
     return app
 
 
-def redirect_app(runtime: Runtime) -> web.Application:
-    """Plain HTTP listener that only sends people to https (and answers /ping).
+ACME_CHALLENGE = "/.well-known/acme-challenge/"
+
+
+def redirect_app(
+    runtime: Runtime, http01: Callable[[str], str | None] | None = None
+) -> web.Application:
+    """Plain HTTP listener that only sends people to https (and answers /ping, and the
+    ACME CA's HTTP-01 challenges when autocert is on: ``http01`` maps a token to its
+    key authorization).
 
     The target is the matching route's own origin (its ``from`` URL), never the port
     clawgate happens to listen on inside a container, and never a host with no route.
@@ -168,6 +180,11 @@ def redirect_app(runtime: Runtime) -> web.Application:
     async def redirect(request: web.Request) -> web.StreamResponse:
         if request.path == "/ping":
             return web.Response(text="OK")
+        if http01 is not None and request.path.startswith(ACME_CHALLENGE):
+            answer = http01(request.path[len(ACME_CHALLENGE) :])
+            if answer is None:
+                return web.Response(status=404, text="no such challenge")
+            return web.Response(text=answer, content_type="text/plain")
         name = request.host.lower()
         name = name.rsplit(":", 1)[0] if not name.endswith("]") else name
         for route in runtime.snapshot.routes:
@@ -186,7 +203,9 @@ def redirect_app(runtime: Runtime) -> web.Application:
     return app
 
 
-def health_app(runtime: Runtime, shared: SharedState | None = None) -> web.Application:
+def health_app(
+    runtime: Runtime, shared: SharedState | None = None, autocert: Autocert | None = None
+) -> web.Application:
     probe = UpstreamProbe()
 
     async def revoke(request: web.Request) -> web.Response:
@@ -226,8 +245,12 @@ def health_app(runtime: Runtime, shared: SharedState | None = None) -> web.Appli
         # new sign-ins (their state could be replayed): reported, but not a reason to
         # take every replica out of the load balancer at once.
         store_up = runtime.store.healthy
-        body = {
-            "status": "not_ready" if problems else ("ok" if store_up else "degraded"),
+        # Likewise a certificate the CA has not (re)issued: the last good one, or the
+        # self-signed fallback, is still served while autocert retries.
+        certificates = autocert_report(autocert)
+        degraded = not store_up or (autocert is not None and not autocert.healthy)
+        body: dict[str, Any] = {
+            "status": "not_ready" if problems else ("degraded" if degraded else "ok"),
             "problems": problems,
             "store": {"backend": runtime.store.backend, "reachable": store_up},
             "config_generation": runtime.reload.in_force_generation,
@@ -235,6 +258,8 @@ def health_app(runtime: Runtime, shared: SharedState | None = None) -> web.Appli
             "config_error": runtime.reload.last_error,
             "needs_restart": list(runtime.reload.needs_restart),
         }
+        if certificates is not None:
+            body["autocert"] = certificates
         return web.json_response(body, status=200 if not problems else 503)
 
     app = web.Application()
@@ -242,6 +267,26 @@ def health_app(runtime: Runtime, shared: SharedState | None = None) -> web.Appli
     app.router.add_get("/readyz", readyz)
     app.router.add_post(revoke_request.PATH, revoke)
     return app
+
+
+def autocert_report(autocert: Autocert | None) -> list[dict[str, Any]] | None:
+    """Each autocert host's certificate, for /readyz (times as ISO 8601, UTC)."""
+    if autocert is None:
+        return None
+
+    def when(value: datetime.datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    return [
+        {
+            "host": status.host,
+            "not_after": when(status.not_after),
+            "renew_at": when(status.renew_at),
+            "last_error": status.last_error,
+            "next_attempt": when(status.next_attempt),
+        }
+        for status in autocert.status()
+    ]
 
 
 def make_oidc(settings: Settings, http: aiohttp.ClientSession) -> OidcClient | None:
@@ -303,10 +348,17 @@ def _hosts_for_cert(snapshot: Snapshot) -> list[str]:
 class ConfigWatcher:
     """Polls the config file; applies route/policy changes, keeps the last good config."""
 
-    def __init__(self, runtime: Runtime, path: Path, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        path: Path,
+        interval: float = 1.0,
+        on_reload: Callable[[], None] | None = None,
+    ) -> None:
         self._runtime = runtime
         self._path = path
         self._interval = interval
+        self._on_reload = on_reload
         self._digest = self._read_digest()
 
     def _read_digest(self) -> str | None:
@@ -398,6 +450,8 @@ class ConfigWatcher:
         runtime.reload.last_error = None
         runtime.reload.needs_restart = restart
         log.info("config_reloaded", generation=new.generation, routes=len(new.routes))
+        if self._on_reload is not None:
+            self._on_reload()  # e.g. autocert looks at the route hosts again
         await reauthorize_connections(runtime)
 
 
@@ -488,8 +542,15 @@ async def serve(
             settings.certificate_file, settings.certificate_key_file, _hosts_for_cert(snapshot)
         )
     )
+    autocert = None
+    if certs is not None and settings.autocert:
+        from proxy.certificates import start_autocert
+
+        autocert = start_autocert(runtime, certs.context)
+    autocert_wake = asyncio.Event()
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task[None]] = []
+    door: SshDoor | None = None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT) if install_signals else ():
@@ -546,7 +607,11 @@ async def serve(
         )
         if settings.http_redirect_addr:
             r_host, r_port = parse_listen_address(settings.http_redirect_addr)
-            redirect = web.AppRunner(redirect_app(runtime), access_log=None, handle_signals=False)
+            redirect = web.AppRunner(
+                redirect_app(runtime, autocert.http01 if autocert is not None else None),
+                access_log=None,
+                handle_signals=False,
+            )
             await redirect.setup()
             runners.append(redirect)
             await web.TCPSite(
@@ -555,7 +620,7 @@ async def serve(
         if settings.health_address and first:
             h_host, h_port = parse_listen_address(settings.health_address)
             health = web.AppRunner(
-                health_app(runtime, shared), access_log=None, handle_signals=False
+                health_app(runtime, shared, autocert), access_log=None, handle_signals=False
             )
             await health.setup()
             runners.append(health)
@@ -567,7 +632,19 @@ async def serve(
             runners.append(exporter)
             await web.TCPSite(exporter, m_host or None, m_port).start()
             log.info("metrics_listening", address=settings.metrics_address)
-        tasks.append(asyncio.create_task(ConfigWatcher(runtime, config_path).run()))
+        if settings.ssh_address and first:
+            from proxy.ssh_gate import open_door, report_metrics
+
+            door = await open_door(runtime, str(config_path))
+            tasks.append(asyncio.create_task(report_metrics(door)))
+        watcher = ConfigWatcher(runtime, config_path, on_reload=autocert_wake.set)
+        tasks.append(asyncio.create_task(watcher.run()))
+        if autocert is not None:
+            from proxy.certificates import autocert_hosts, report_expiry
+
+            hosts = lambda: autocert_hosts(runtime.snapshot)  # noqa: E731
+            tasks.append(asyncio.create_task(autocert.run(hosts, autocert_wake)))
+            tasks.append(asyncio.create_task(report_expiry(autocert)))
         tasks.append(asyncio.create_task(_session_sweeper(runtime, shared)))
         if certs is not None:
             tasks.append(asyncio.create_task(certs.watch()))
@@ -581,6 +658,8 @@ async def serve(
         runtime.draining = True
         for task in tasks:
             task.cancel()
+        if door is not None:
+            await door.close()
         for runner in runners:
             await runner.cleanup()
         runtime.links.close()
