@@ -46,12 +46,16 @@ LABEL org.opencontainers.image.title="clawgate" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
-    CLAWGATE_CONFIG=/etc/clawgate/config.yaml
+    CLAWGATE_CONFIG=/etc/clawgate/config.yaml \
+    CLAWGATE_DATA_DIR=/data
 
-# A fixed uid/gid so secret and key files on the host can be chowned to it.
+# A fixed uid/gid so secret and key files on the host can be chowned to it. /data holds
+# what must survive a restart (SSH host keys, the ACME account and certificates): the
+# one place to mount a writable volume.
 RUN groupadd --system --gid 10001 clawgate \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin clawgate
+       --home-dir /nonexistent --shell /usr/sbin/nologin clawgate \
+    && mkdir -m 0700 /data && chown 10001:10001 /data
 
 COPY --from=builder /opt/venv /opt/venv
 

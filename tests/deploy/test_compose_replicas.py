@@ -23,6 +23,9 @@ import yaml
 from tests.deploy.test_deploy_files import (
     COMPOSE_FILE,
     CONFIG_EXAMPLE,
+    DATA_DIR,
+    DATA_MOUNT,
+    SSH_DOOR_PORT,
     TOOL_TIMEOUT,
     compose_command,
     compose_schema_validator,
@@ -38,7 +41,7 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 PROFILE = "replicas"
 REPLICAS = ("clawgate-replica-1", "clawgate-replica-2")
 PROFILE_SERVICES = {*REPLICAS, "redis"}
-DEFAULT_SERVICES = {"clawgate", "openclaw-gateway"}
+DEFAULT_SERVICES = {"clawgate", "openclaw-gateway", "openclaw-ssh"}
 STORE_NETWORK = "store"
 REDIS_URL_SECRET = "/run/secrets/redis_url"
 # What every replica shares with the single clawgate, unchanged.
@@ -89,6 +92,7 @@ def test_default_services_are_untouched_by_the_profile(compose: dict[str, Any]) 
     assert "redis_url" not in gate["secrets"]
     assert set(gate["networks"]) == {"public", "internal"}
     assert set(svc(compose, "openclaw-gateway")["networks"]) == {"internal"}
+    assert set(svc(compose, "openclaw-ssh")["networks"]) == {"internal"}
     for name in DEFAULT_SERVICES:
         depends = svc(compose, name).get("depends_on", {})
         assert not set(depends) & PROFILE_SERVICES, f"{name} would pull in the profile"
@@ -130,11 +134,14 @@ def test_replicas_addresses_and_ports(compose: dict[str, Any]) -> None:
         assert address not in addresses, f"{name}: {address} is taken"
         assert any(ipaddress.ip_address(address) in s for s in subnets)
         addresses.add(address)
+        targets = []
         for entry in replica["ports"]:
             host, _, container = str(entry).partition(":")
             assert host not in published, f"{name}: host port {host} is taken"
-            assert int(container) == listen_port(config["address"])
+            targets.append(int(container))
             published.add(host)
+        # HTTPS and the SSH door, each once, on a host port of its own.
+        assert sorted(targets) == sorted([listen_port(config["address"]), SSH_DOOR_PORT])
 
 
 def test_docs_name_the_addresses_openclaw_must_trust(compose: dict[str, Any]) -> None:
@@ -187,7 +194,9 @@ def test_profile_service_hardening(compose: dict[str, Any], name: str) -> None:
     check = service["healthcheck"]
     assert check.get("disable") is not True and check["test"][0] in ("CMD", "CMD-SHELL")
     for volume in service.get("volumes", []):
-        assert str(volume).endswith(":ro")
+        # The replicas share clawgate's data_dir (one SSH host key, one set of ACME
+        # certificates, file locks); everything else is read-only.
+        assert str(volume).endswith(":ro") or str(volume) == DATA_MOUNT, volume
 
 
 # --------------------------------------------------------------------------- validity
@@ -272,6 +281,7 @@ def _service_settings(
     (secrets / "idp_client_secret").write_text("dummy-client-secret")
     write_ec_key(secrets / "signing_key")
     (secrets / "redis_url").write_text("redis://:dummy-password@redis:6379/0\n")
+    (secrets / "ssh_user_ca_key").write_text("not read unless ssh_address is set\n")
     for variable, value in svc(compose, name)["environment"].items():
         if str(value).startswith("/run/secrets/"):
             value = str(secrets / PurePosixPath(value).name)
@@ -290,6 +300,10 @@ def test_replica_environment_turns_the_redis_store_on(
     url = settings.databroker_storage_connection_string.get_secret_value()
     assert url == "redis://:dummy-password@redis:6379/0"
     assert settings.databroker_storage_key_prefix == "clawgate:"
+    # The same state directory and SSH User CA as the single clawgate.
+    assert settings.data_dir == Path(DATA_DIR)
+    assert settings.ssh_user_ca_key_file is not None
+    assert settings.ssh_user_ca_key_file.name == "ssh_user_ca_key"
 
 
 def test_single_clawgate_keeps_the_memory_store(
@@ -298,3 +312,7 @@ def test_single_clawgate_keeps_the_memory_store(
     settings = _service_settings(compose, "clawgate", tmp_path, monkeypatch)
     assert settings.databroker_storage_type == "memory"
     assert settings.databroker_storage_connection_string is None
+    assert settings.data_dir == Path(DATA_DIR)
+    # config.example.yaml leaves the SSH door off: the CA key file is named, unused.
+    assert settings.ssh_address is None
+    assert settings.ssh_user_ca_key_file is not None

@@ -49,11 +49,16 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 HADOLINT_CONFIG = HERE / "hadolint.yaml"
 COMPOSE_SCHEMA = HERE / "compose-spec.schema.json"
 
-SERVICES = ("clawgate", "openclaw-gateway")
+SERVICES = ("clawgate", "openclaw-gateway", "openclaw-ssh")
 CLAWGATE_INTERNAL_IP = "172.30.0.10"
 HEALTH_URL = "http://127.0.0.1:28080/healthz"
 PING_URL = "https://127.0.0.1:8443/ping"
-SECRET_KEYS = ("cookie_secret", "idp_client_secret", "signing_key")
+SECRET_KEYS = ("cookie_secret", "idp_client_secret", "signing_key", "ssh_user_ca_key")
+# The SSH door: clawgate listens on it (ssh_address) and Compose publishes it as is.
+SSH_DOOR_PORT = 2200
+# clawgate's state directory in the container (data_dir), the one writable mount.
+DATA_DIR = "/data"
+DATA_MOUNT = f"./data:{DATA_DIR}"
 TOOL_TIMEOUT = 120
 
 
@@ -210,6 +215,29 @@ def write_ec_key(path: Path) -> str:
     return pem
 
 
+def write_ssh_key(path: Path) -> str:
+    """An unencrypted OpenSSH Ed25519 private key at ``path``, its public line at
+    ``path.pub`` (what ``clawgate ssh-ca init`` and ``ssh-keygen`` write); returns
+    the public line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    line = public.decode("ascii")
+    path.with_name(path.name + ".pub").write_text(line + "\n", encoding="ascii")
+    return line
+
+
 def stage_deployment(dest: Path) -> Path:
     """An operator's checkout after the documented preparation, with dummy secrets."""
     shutil.copy(COMPOSE_FILE, dest / "docker-compose.yaml")
@@ -226,6 +254,8 @@ def stage_deployment(dest: Path) -> Path:
     (secrets / "cookie_secret").write_text(base64.b64encode(b"\0" * 32).decode() + "\n")
     (secrets / "idp_client_secret").write_text("dummy-client-secret")
     write_ec_key(secrets / "signing_key.pem")
+    write_ssh_key(secrets / "ssh_user_ca_key")
+    (dest / "data").mkdir()
     return dest / "docker-compose.yaml"
 
 
@@ -377,9 +407,20 @@ def test_exposed_ports_match_config_and_compose(
     for entry in service(compose, "clawgate")["ports"]:
         host, _, container = str(entry).partition(":")
         published[int(host)] = int(container)
-    assert published == {443: 8443, 80: 8080}
+    # The SSH door is published as is: clients type `ssh -p 2200`.
+    assert published == {443: 8443, 80: 8080, SSH_DOOR_PORT: SSH_DOOR_PORT}
     # Unprivileged ports inside: binding needs no capability and no sysctl.
-    assert all(port >= 1024 for port in listening)
+    assert all(port >= 1024 for port in [*listening, SSH_DOOR_PORT])
+
+
+def test_ssh_door_port_matches_the_commented_example(config: dict[str, Any]) -> None:
+    # config.example.yaml leaves the SSH door off; the line that turns it on names the
+    # port Compose publishes.
+    text = CONFIG_EXAMPLE.read_text(encoding="utf-8")
+    assert "ssh_address" not in config
+    match = re.search(r'^# ssh_address: "(:\d+)"$', text, re.MULTILINE)
+    assert match, "config.example.yaml does not show ssh_address"
+    assert listen_port(match.group(1)) == SSH_DOOR_PORT
 
 
 # --------------------------------------------------------------------------- .dockerignore
@@ -397,7 +438,11 @@ def test_exposed_ports_match_config_and_compose(
         "config.yaml",
         "secrets/cookie_secret",
         "tls/privkey.pem",
+        "secrets/ssh_user_ca_key",
+        "data/ssh/ssh_host_ed25519_key",
+        "data/autocert/certificates/openclaw.example.com/key.pem",
         "deploy/openclaw/Dockerfile",
+        "deploy/openclaw/ssh/sshd_config",
         "docs/deploy.md",
         "proxy/__pycache__/cli.cpython-311.pyc",
         ".mypy_cache/3.11/x.json",
@@ -508,9 +553,12 @@ def test_compose_implementation_accepts_the_deployment(tmp_path: Path) -> None:
     resolved = yaml.safe_load(result.stdout)
     gate = resolved["services"]["clawgate"]
     ports = {(str(p["published"]), int(p["target"])) for p in gate["ports"]}
-    assert ports == {("443", 8443), ("80", 8080)}
+    assert ports == {("443", 8443), ("80", 8080), (str(SSH_DOOR_PORT), SSH_DOOR_PORT)}
     assert gate["networks"]["internal"]["ipv4_address"] == CLAWGATE_INTERNAL_IP
-    assert "ports" not in resolved["services"]["openclaw-gateway"]
+    for name in ("openclaw-gateway", "openclaw-ssh"):
+        assert "ports" not in resolved["services"][name], name
+        assert set(resolved["services"][name]["networks"]) == {"internal"}, name
+    assert resolved["services"]["openclaw-ssh"]["build"]["target"] == "ssh"
     assert resolved["networks"]["internal"]["internal"] is True
 
     # The same tool must refuse a broken file, or the pass above proves nothing.
@@ -577,9 +625,13 @@ def test_clawgate_networks(compose: dict[str, Any]) -> None:
 
 
 def test_clawgate_mounts_are_read_only(compose: dict[str, Any]) -> None:
-    volumes = service(compose, "clawgate")["volumes"]
+    gate = service(compose, "clawgate")
+    volumes = gate["volumes"]
     assert volumes
-    assert all(str(v).endswith(":ro") for v in volumes), volumes
+    # Everything but data_dir (SSH host key, pinned upstream key, ACME state).
+    writable = [str(v) for v in volumes if not str(v).endswith(":ro")]
+    assert writable == [DATA_MOUNT], writable
+    assert gate["environment"]["CLAWGATE_DATA_DIR"] == DATA_DIR
     targets = {str(v).split(":")[1] for v in volumes}
     assert "/etc/clawgate/config.yaml" in targets
 
@@ -637,6 +689,55 @@ def test_openclaw_config_trusts_exactly_clawgate(
     origins = gateway.get("controlUi", {}).get("allowedOrigins", [])
     assert config["routes"][0]["from"] in origins
     assert gateway.get("controlUi", {}).get("dangerouslyAllowHostHeaderOriginFallback") is not True
+
+
+def test_openclaw_ssh_is_reachable_only_through_clawgate(compose: dict[str, Any]) -> None:
+    ssh = service(compose, "openclaw-ssh")
+    assert "ports" not in ssh
+    assert set(ssh["networks"]) == {"internal"}
+    assert "network_mode" not in ssh
+    assert compose["networks"]["internal"]["internal"] is True
+    assert ssh["expose"] == ["2222"]
+    # Nothing anywhere publishes the sshd's port.
+    for name, other in compose["services"].items():
+        for entry in other.get("ports", []):
+            assert not str(entry).endswith(":2222"), name
+    assert ssh["build"] == {"context": "./deploy/openclaw", "target": "ssh"}
+
+
+def test_openclaw_ssh_runs_unprivileged_on_the_gateways_state(compose: dict[str, Any]) -> None:
+    ssh = service(compose, "openclaw-ssh")
+    gateway = service(compose, "openclaw-gateway")
+    # The login user itself, the owner of the state volume: no capability needed.
+    assert ssh["user"] == "1000:1000"
+    assert "cap_add" not in ssh and "group_add" not in ssh and "privileged" not in ssh
+    state = next(v for v in gateway["volumes"] if str(v).startswith("openclaw-state:"))
+    assert state in ssh["volumes"], "openclaw-ssh must see the gateway's state"
+    logs = next(v for v in gateway["volumes"] if str(v).startswith("openclaw-logs:"))
+    assert f"{logs}:ro" in ssh["volumes"], "openclaw-ssh reads the gateway's logs, no more"
+    host_key = [v for v in ssh["volumes"] if str(v).endswith(":/var/lib/openclaw-ssh")]
+    assert len(host_key) == 1 and str(host_key[0]).split(":")[0] in compose["volumes"]
+    assert "openclaw-ssh-host-key" not in " ".join(str(v) for v in gateway["volumes"])
+    # Only the CA's public line, nothing secret: the private key is clawgate's alone.
+    (ca,) = ssh["secrets"]
+    assert ca["target"] == "/etc/ssh/clawgate_user_ca.pub"
+    key_file = compose["secrets"]["ssh_user_ca_key"]["file"]
+    assert compose["secrets"][ca["source"]]["file"] == key_file + ".pub"
+    assert "ssh_user_ca_key" not in ssh["secrets"]
+    assert "environment" not in ssh and "env_file" not in ssh
+    logs_volume = compose["volumes"]["openclaw-logs"]["driver_opts"]
+    assert logs_volume["type"] == "tmpfs" and "uid=1000" in logs_volume["o"]
+
+
+def test_clawgate_holds_the_ssh_user_ca_key(compose: dict[str, Any]) -> None:
+    gate = service(compose, "clawgate")
+    path = gate["environment"]["CLAWGATE_SSH_USER_CA_KEY_FILE"]
+    assert path == "/run/secrets/ssh_user_ca_key"
+    assert "ssh_user_ca_key" in gate["secrets"]
+    # Only clawgate and its replicas: never the gateway or its sshd.
+    services = compose["services"]
+    holders = {n for n, s in services.items() if "ssh_user_ca_key" in s.get("secrets", [])}
+    assert holders == {n for n in services if n.startswith("clawgate")}
 
 
 # --------------------------------------------------------------------------- config + .env
@@ -735,3 +836,136 @@ def test_env_example_has_only_placeholders() -> None:
     # Nothing in the file looks like key material.
     assert "BEGIN" not in text
     assert not re.search(r"[A-Za-z0-9+/]{40,}={0,2}", text)
+
+
+# --------------------------------------------------------------------------- commented examples
+
+
+def uncomment_example(text: str, *, ssh: bool = False, autocert: bool = False) -> str:
+    """config.example.yaml with its commented SSH door or autocert example turned on,
+    the way the comments tell an operator to: the top-level lines, and for SSH the
+    ssh:// route at the end of the file."""
+    lines = text.splitlines()
+    out: list[str] = []
+    in_route = False
+    for line in lines:
+        if ssh and line == "  # - from: ssh://openclaw":
+            in_route = True
+        if in_route and line.startswith("  #"):
+            out.append("  " + line[4:] if line.startswith("  # ") else "")
+        elif (ssh and line.startswith("# ssh_address: ")) or (
+            autocert and re.match(r"^# autocert\w*: ", line)
+        ):
+            out.append(line[2:])
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _example_env(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    for name, value in _secret_env(tmp_path, as_files=True).items():
+        clean_env.setenv(name, value)
+    clean_env.setenv("CLAWGATE_DATA_DIR", str(tmp_path / "data"))
+
+
+def test_config_example_ssh_door_when_uncommented(
+    tmp_path: Path,
+    clean_env: pytest.MonkeyPatch,
+    compose: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Uncommented as its comments say, with the CA key where Compose puts it, the SSH
+    example is a valid door: the route reaches openclaw-ssh, only as "claw", only for
+    the people the https route admits."""
+    from policy.model import Identity, RequestFacts
+    from policy.parse import compile_route_policy
+    from proxy.cli import main
+    from proxy.settings import load_settings
+
+    _example_env(tmp_path, clean_env)
+    write_ssh_key(tmp_path / "ssh_user_ca_key")
+    env = service(compose, "clawgate")["environment"]
+    assert env["CLAWGATE_SSH_USER_CA_KEY_FILE"] == "/run/secrets/ssh_user_ca_key"
+    clean_env.setenv("CLAWGATE_SSH_USER_CA_KEY_FILE", str(tmp_path / "ssh_user_ca_key"))
+    text = uncomment_example(CONFIG_EXAMPLE.read_text(encoding="utf-8"), ssh=True)
+    from tests.deploy.test_kubernetes import write_self_signed
+
+    write_self_signed(tmp_path / "fullchain.pem", tmp_path / "privkey.pem", "openclaw.example.com")
+    text = text.replace("/etc/clawgate/tls/", f"{tmp_path}/")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(text, encoding="utf-8")
+
+    settings, _ = load_settings(config_file)
+    assert listen_port(settings.ssh_address or "") == SSH_DOOR_PORT
+    (route,) = settings.ssh_routes()
+    upstream = urlsplit(route.to)
+    assert upstream.hostname == "openclaw-ssh"
+    assert str(upstream.port) in service(compose, "openclaw-ssh")["expose"]
+    assert (route.ssh_allow_pty, route.ssh_allow_port_forwarding) == (True, False)
+    assert (route.ssh_allow_agent_forwarding, route.ssh_allow_x11_forwarding) == (False, False)
+    policy = compile_route_policy(route.policy_source())
+    now = datetime.now(UTC)
+    alice = Identity(sub="1", email="alice@example.com", email_verified=True)
+    mallory = Identity(sub="2", email="mallory@example.org", email_verified=True)
+
+    def decide(who: Identity, login: str) -> bool:
+        facts = RequestFacts(
+            method="SSH", path="/", source_ip="203.0.113.7", now=now, ssh_username=login
+        )
+        return policy.decide(facts, who).allow
+
+    assert decide(alice, "claw")
+    assert not decide(alice, "root")
+    assert not decide(mallory, "claw")
+
+    assert main(["check", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    assert "ssh://openclaw -> ssh://openclaw-ssh:2222" in out
+
+
+def test_config_example_autocert_when_uncommented(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The autocert example, uncommented (and the certificate files dropped, as its
+    comment allows), asks Let's Encrypt staging for the route's host with both
+    challenges Compose can answer; `clawgate check` says so without contacting the CA."""
+    from proxy.cli import main
+    from proxy.settings import load_settings
+
+    _example_env(tmp_path, clean_env)
+    text = uncomment_example(CONFIG_EXAMPLE.read_text(encoding="utf-8"), autocert=True)
+    text = re.sub(r"^certificate(_key)?_file: .*$", "", text, flags=re.MULTILINE)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(text, encoding="utf-8")
+
+    settings, _ = load_settings(config_file)
+    assert settings.autocert is True and settings.autocert_use_staging is True
+    assert settings.autocert_path() == tmp_path / "data" / "autocert"
+    # Port 443 (TLS-ALPN-01) and port 80 (HTTP-01) as Compose publishes them.
+    assert settings.http_redirect_addr is not None
+
+    assert main(["check", "--config", str(config_file)]) == 0
+    out = capsys.readouterr().out
+    autocert = out[out.index("autocert:") :]
+    assert "staging" in autocert
+    assert "openclaw.example.com" in autocert
+    assert "tls-alpn-01" in autocert and "http-01" in autocert
+
+
+def test_config_example_names_only_real_keys() -> None:
+    """Every key the comments of config.example.yaml show is one clawgate knows."""
+    from proxy.settings import RouteSettings, Settings
+
+    text = CONFIG_EXAMPLE.read_text(encoding="utf-8")
+    # Keys are snake_case (or `autocert`); prose such as "# duration: 30m" is not.
+    top = set(re.findall(r"^# ([a-z]+_[a-z_]+|autocert): ", text, re.MULTILINE))
+    route = set(re.findall(r"^  #   ([a-z_]+):", text, re.MULTILINE))
+    settings_keys = set(Settings.model_fields)
+    route_keys = {f.alias or name for name, f in RouteSettings.model_fields.items()}
+    assert {"ssh_address", "autocert", "autocert_email", "autocert_use_staging"} <= top
+    assert top <= settings_keys, top - settings_keys
+    assert route <= route_keys, route - route_keys
+    for key in ("ssh_user_ca_key_file", "ssh_host_key_files", "ssh_upstream_known_hosts_file",
+                "data_dir", "ssh_allow_port_forwarding", "ssh_allow_agent_forwarding",
+                "ssh_allow_x11_forwarding"):  # fmt: skip
+        assert key in text, key

@@ -27,7 +27,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -53,6 +53,13 @@ NAMESPACE = "clawgate"
 CLAWGATE_IMAGE = "ghcr.io/clawgate/clawgate"
 GATEWAY_PORT = 18789
 REDIS_PORT = 6379
+# The sshd sidecar in the gateway's pod (the upstream of the ssh:// route), and the
+# SSH door clawgate listens on (ssh_address).
+SSH_UPSTREAM_PORT = 2222
+SSH_DOOR_PORT = 2200
+SSH_SIDECAR = "openclaw-ssh"
+# Services that select another workload's pods than their own name says.
+SERVICE_WORKLOAD = {"openclaw-ssh": "openclaw-gateway"}
 TOOL_TIMEOUT = 120
 # Keys whose value on Kubernetes differs from config.example.yaml (Compose), and why.
 KUBERNETES_SPECIFIC_KEYS = {
@@ -141,6 +148,21 @@ def only_container(workload: Doc) -> Doc:
     assert not pod_spec(workload).get("initContainers")
     container_doc: Doc = container
     return container_doc
+
+
+def named_container(workload: Doc, name: str) -> Doc:
+    hits = [c for c in pod_spec(workload)["containers"] if c["name"] == name]
+    assert len(hits) == 1, f"expected one container {name}, found {len(hits)}"
+    container: Doc = hits[0]
+    return container
+
+
+def ssh_routes(config: Doc) -> list[Doc]:
+    return [r for r in config["routes"] if str(r["from"]).startswith("ssh://")]
+
+
+def http_routes(config: Doc) -> list[Doc]:
+    return [r for r in config["routes"] if not str(r["from"]).startswith("ssh://")]
 
 
 def volumes_by_name(workload: Doc) -> dict[str, Doc]:
@@ -622,7 +644,9 @@ def test_selectors_match_their_own_pods_only(manifests: list[Doc]) -> None:
     services = {s["metadata"]["name"]: s for s in of_kind(manifests, "Service")}
     for name, service in services.items():
         selector = {"matchLabels": service["spec"]["selector"]}
-        assert {n for n, labels in pods.items() if selector_matches(selector, labels)} == {name}
+        expected = SERVICE_WORKLOAD.get(name, name)
+        selected = {n for n, labels in pods.items() if selector_matches(selector, labels)}
+        assert selected == {expected}, name
 
 
 # --------------------------------------------------------------------------- clawgate
@@ -713,6 +737,7 @@ def test_clawgate_ports_match_the_config(clawgate: Doc, config: Doc) -> None:
         "https": listen_port(config["address"]),
         "http": listen_port(config["http_redirect_addr"]),
         "health": listen_port(config["health_address"]),
+        "ssh": listen_port(config["ssh_address"]),
     }
     # Unprivileged: binding them needs no capability.
     assert all(port >= 1024 for port in ports.values())
@@ -741,6 +766,10 @@ def test_clawgate_mounts(clawgate: Doc) -> None:
     _, tmp = mounts["/tmp"]
     assert "emptyDir" in tmp
     assert parse_quantity(tmp["emptyDir"]["sizeLimit"]) <= 64 * 2**20
+    # data_dir (the SSH door's state directory) is writable, and nothing in it has to
+    # outlive the pod: the keys come from the Secret.
+    writable = {path for path, (_, volume) in mounts.items() if "emptyDir" in volume}
+    assert writable == {"/tmp", "/data"}
 
 
 def test_every_file_key_points_into_a_mounted_secret(
@@ -756,7 +785,13 @@ def test_every_file_key_points_into_a_mounted_secret(
         "databroker_storage_connection_string_file",
         "certificate_file",
         "certificate_key_file",
+        "ssh_user_ca_key_file",
+        "ssh_upstream_known_hosts_file",
     }
+    # Lists of files count too: every replica's SSH host key comes from the Secret.
+    assert config["ssh_host_key_files"]
+    for index, path in enumerate(config["ssh_host_key_files"]):
+        file_keys[f"ssh_host_key_files[{index}]"] = path
     for key, path in file_keys.items():
         where = PurePosixPath(path)
         assert str(where.parent) in mounts, f"{key}: {path} is in no mounted volume"
@@ -773,6 +808,28 @@ def test_every_file_key_points_into_a_mounted_secret(
     for key in ("cookie_secret", "signing_key", "idp_client_secret", "shared_secret",
                 "databroker_storage_connection_string"):  # fmt: skip
         assert key not in config
+
+
+def test_clawgate_ssh_door(config: Doc, manifests: list[Doc]) -> None:
+    """The SSH door on every replica: the same host key and User CA from the Secret,
+    the sidecar's host key known up front, data_dir writable."""
+    assert listen_port(config["ssh_address"]) == SSH_DOOR_PORT
+    assert config["data_dir"] == "/data"
+    (route,) = ssh_routes(config)
+    upstream = urlsplit(route["to"])
+    assert upstream.scheme == "ssh"
+    assert (upstream.hostname, upstream.port) == (SSH_SIDECAR, SSH_UPSTREAM_PORT)
+    # Only "claw", for the people the https route admits.
+    (rule,) = route["policy"]
+    clauses = rule["allow"]["and"]
+    assert {"ssh_username": {"is": "claw"}} in clauses
+    (http,) = http_routes(config)
+    emails = sorted(c["email"]["is"] for c in http["policy"][0]["allow"]["or"])
+    others = [c for c in clauses if "or" in c]
+    assert [sorted(c["email"]["is"] for c in o["or"]) for o in others] == [emails]
+    for key in ("ssh_allow_port_forwarding", "ssh_allow_agent_forwarding",
+                "ssh_allow_x11_forwarding"):  # fmt: skip
+        assert route.get(key, False) is False, key
 
 
 def test_clawgate_uses_the_shared_redis_store(config: Doc, manifests: list[Doc]) -> None:
@@ -794,6 +851,7 @@ def test_clawgate_service(manifests: list[Doc], clawgate: Doc, config: Doc) -> N
     assert ports == {
         443: listen_port(config["address"]),
         80: listen_port(config["http_redirect_addr"]),
+        SSH_DOOR_PORT: listen_port(config["ssh_address"]),
     }
     assert all(p["protocol"] == "TCP" for p in spec["ports"])
     # The health listener is for the kubelet, not for clients.
@@ -828,11 +886,40 @@ def test_configmap_config_follows_config_example(config: Doc) -> None:
     example = yaml.safe_load(CONFIG_EXAMPLE.read_text(encoding="utf-8"))
     for key, value in example.items():
         assert key in config, f"{key} is in config.example.yaml but not in the ConfigMap"
-        if key not in KUBERNETES_SPECIFIC_KEYS:
+        if key == "routes":
+            # The SSH door is on here and commented out there: the https routes agree.
+            assert http_routes(config) == value, "routes differ from config.example.yaml"
+        elif key not in KUBERNETES_SPECIFIC_KEYS:
             assert config[key] == value, f"{key} differs from config.example.yaml"
 
 
+def write_ssh_key(path: Path) -> str:
+    """An unencrypted OpenSSH Ed25519 private key at ``path``; returns its public line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return public.decode("ascii")
+
+
 def _dummy_secret(key: str, tmp: Path, template: Mapping[str, str]) -> str | None:
+    if key in ("ssh_user_ca_key", "ssh_host_key"):
+        scratch = tmp / f"dummy-{key}"
+        write_ssh_key(scratch)
+        return scratch.read_text(encoding="ascii")
+    if key == "ssh_upstream_known_hosts":
+        host = template[key].split()[0]
+        return f"{host} {write_ssh_key(tmp / 'dummy-sidecar-host-key')}\n"
     if key == "cookie_secret":
         return base64.b64encode(bytes(range(32))).decode() + "\n"
     if key == "signing_key":
@@ -891,27 +978,47 @@ def test_configmap_config_loads_with_clawgates_loader(
     assert not snapshot.keys.ephemeral_signing_key
     assert settings.idp_client_secret is not None
     assert settings.idp_client_secret.get_secret_value() == "dummy-client-secret"
+    assert settings.ssh_address == f":{SSH_DOOR_PORT}"
+    assert [r.from_ for r in settings.ssh_routes()] == ["ssh://openclaw"]
+    assert len(settings.ssh_host_key_files) == 1
 
     assert main(["check", "--config", str(config_file)]) == 0
     out = capsys.readouterr().out
     assert f"{config_file}: OK" in out
     assert "GENERATED AT START" not in out
+    assert f"ssh://openclaw -> ssh://{SSH_SIDECAR}:{SSH_UPSTREAM_PORT}" in out
 
 
 def test_route_reaches_the_gateway_service(manifests: list[Doc], config: Doc, gateway: Doc) -> None:
-    (route,) = config["routes"]
+    (route,) = http_routes(config)
     upstream = urlsplit(route["to"])
     service = find(manifests, "Service", upstream.hostname or "")
     (port,) = service["spec"]["ports"]
     assert upstream.port == port["port"] == GATEWAY_PORT
-    assert container_port(only_container(gateway), port["targetPort"]) == GATEWAY_PORT
+    container = named_container(gateway, "openclaw-gateway")
+    assert container_port(container, port["targetPort"]) == GATEWAY_PORT
+
+
+def test_ssh_route_reaches_the_sidecar(manifests: list[Doc], config: Doc, gateway: Doc) -> None:
+    (route,) = ssh_routes(config)
+    upstream = urlsplit(route["to"])
+    service = find(manifests, "Service", upstream.hostname or "")
+    assert service["spec"]["type"] == "ClusterIP"
+    (port,) = service["spec"]["ports"]
+    assert upstream.port == port["port"] == SSH_UPSTREAM_PORT
+    sidecar = named_container(gateway, SSH_SIDECAR)
+    assert container_port(sidecar, port["targetPort"]) == SSH_UPSTREAM_PORT
 
 
 # --------------------------------------------------------------------------- secrets
 
 
 def test_secret_template_holds_only_placeholders(secrets_template: list[Doc]) -> None:
-    assert {s["metadata"]["name"] for s in secrets_template} == {"clawgate-secrets", "clawgate-tls"}
+    assert {s["metadata"]["name"] for s in secrets_template} == {
+        "clawgate-secrets",
+        "clawgate-tls",
+        "openclaw-ssh",
+    }
     for secret in secrets_template:
         assert secret["metadata"]["namespace"] == NAMESPACE
         assert "data" not in secret, "base64 data hides what is in it: stringData only"
@@ -939,6 +1046,17 @@ def test_secret_template_covers_every_mounted_key(
     for name, keys in used.items():
         # Every key mounted exists; every key in the template is mounted somewhere.
         assert keys == set(template_secret(secrets_template, name)), name
+
+
+def test_known_hosts_template_names_the_ssh_upstream(
+    config: Doc, secrets_template: list[Doc]
+) -> None:
+    # known_hosts writes a non-default port as [host]:port; the line must name exactly
+    # the route's upstream, or clawgate refuses the sidecar's key.
+    (route,) = ssh_routes(config)
+    upstream = urlsplit(route["to"])
+    line = template_secret(secrets_template, "clawgate-secrets")["ssh_upstream_known_hosts"]
+    assert line.split()[0] == f"[{upstream.hostname}]:{upstream.port}"
 
 
 def test_redis_url_names_the_redis_service_with_its_password(
@@ -980,7 +1098,12 @@ def test_redis_takes_its_password_from_the_secret(redis: Doc) -> None:
 
 
 def test_gateway_mirrors_the_compose_service(gateway: Doc) -> None:
-    container = only_container(gateway)
+    assert [c["name"] for c in pod_spec(gateway)["containers"]] == [
+        "openclaw-gateway",
+        SSH_SIDECAR,
+    ]
+    assert not pod_spec(gateway).get("initContainers")
+    container = named_container(gateway, "openclaw-gateway")
     env = dockerfile_env(OPENCLAW_DIR / "Dockerfile")
     mounts = mounts_by_path(gateway, container)
     config_path = PurePosixPath(env["OPENCLAW_CONFIG_PATH"])
@@ -1034,19 +1157,71 @@ def test_gateway_trusts_clawgate(manifests: list[Doc], config: Doc) -> None:
         assert network.prefixlen >= 8, entry
 
 
+# --------------------------------------------------------------------------- sshd sidecar
+
+
+def test_ssh_sidecar_mirrors_the_compose_service(gateway: Doc) -> None:
+    """The sshd sidecar is the Compose service openclaw-ssh: the image's "ssh" target,
+    run by its own CMD, unprivileged, on the gateway's state, with the User CA's public
+    line at the path sshd_config names and its host key from a Secret."""
+    sidecar = named_container(gateway, SSH_SIDECAR)
+    gateway_container = named_container(gateway, "openclaw-gateway")
+    env = dockerfile_env(OPENCLAW_DIR / "Dockerfile")
+    repo, tag = image_ref(sidecar["image"])
+    assert repo.endswith("/clawgate-openclaw-ssh")
+    assert tag == image_ref(gateway_container["image"])[1]
+    # The image's CMD (openclaw-sshd -> /usr/sbin/sshd -D -e).
+    assert "command" not in sidecar and "args" not in sidecar
+    assert {p["name"]: p["containerPort"] for p in sidecar["ports"]} == {"ssh": SSH_UPSTREAM_PORT}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container_port(sidecar, sidecar[probe]["tcpSocket"]["port"]) == SSH_UPSTREAM_PORT
+    # uid 1000, the login "claw" and the owner of the state volume; no capability.
+    assert "runAsUser" not in sidecar["securityContext"]
+    assert pod_spec(gateway)["securityContext"]["runAsUser"] == 1000
+    mounts = mounts_by_path(gateway, sidecar)
+    gateway_mounts = mounts_by_path(gateway, gateway_container)
+    config_dir = str(PurePosixPath(env["OPENCLAW_CONFIG_PATH"]).parent)
+    for shared in (env["OPENCLAW_STATE_DIR"], config_dir, "/tmp/openclaw"):
+        assert mounts[shared][1] == gateway_mounts[shared][1], shared
+    host_key_mount, host_key = mounts["/var/lib/openclaw-ssh"]
+    assert host_key_mount.get("readOnly") is True
+    assert host_key["secret"]["secretName"] == "openclaw-ssh"
+    ca_mount, ca = mounts["/etc/ssh/clawgate_user_ca.pub"]
+    assert ca["secret"]["secretName"] == "openclaw-ssh"
+    assert ca_mount["subPath"] == "clawgate_user_ca.pub" and ca_mount.get("readOnly") is True
+    items = {i["path"] for i in host_key["secret"]["items"]}
+    assert items == {"ssh_host_ed25519_key", "clawgate_user_ca.pub"}
+    # The gateway container never sees the sshd's host key.
+    assert "/var/lib/openclaw-ssh" not in gateway_mounts
+    assert "emptyDir" in mounts["/tmp"][1]
+
+
+def test_ssh_sidecar_paths_match_sshd_config(gateway: Doc) -> None:
+    from tests.deploy.test_openclaw_ssh import sshd_directives
+
+    directives = sshd_directives()
+    sidecar = named_container(gateway, SSH_SIDECAR)
+    mounts = mounts_by_path(gateway, sidecar)
+    assert directives["TrustedUserCAKeys"] in mounts
+    assert str(PurePosixPath(directives["HostKey"]).parent) in mounts
+    assert int(directives["Port"]) == SSH_UPSTREAM_PORT
+
+
 # --------------------------------------------------------------------------- NetworkPolicy
 
 
 def ingress_problems(
     policies: list[Doc],
     target: Mapping[str, str],
-    port: int,
+    port: int | Collection[int],
     allowed: Mapping[str, str],
     others: Sequence[Mapping[str, str]],
 ) -> list[str]:
     """Why pods labelled ``target`` could be reached by anything but pods labelled
     ``allowed`` (never by pods labelled like any of ``others``), or on a port other than
-    ``port``. NetworkPolicies add up: every policy selecting the target counts."""
+    ``port`` (one, or the set of them). NetworkPolicies add up: every policy selecting
+    the target counts."""
+    ports_allowed = {port} if isinstance(port, int) else set(port)
     problems: list[str] = []
     selecting = [p for p in policies if selector_matches(p["spec"]["podSelector"], target)]
     if not selecting:
@@ -1075,8 +1250,8 @@ def ingress_problems(
                 problems.append(f"{name}: a rule without `ports` admits every port")
                 continue
             for entry in ports:
-                if entry.get("protocol", "TCP") != "TCP" or entry.get("port") != port:
-                    problems.append(f"{name}: port {entry} is not TCP {port}")
+                if entry.get("protocol", "TCP") != "TCP" or entry.get("port") not in ports_allowed:
+                    problems.append(f"{name}: port {entry} is not TCP {sorted(ports_allowed)}")
                 if "endPort" in entry:
                     problems.append(f"{name}: port range {entry}")
     return problems
@@ -1090,15 +1265,36 @@ def _policy_case(
     return pods[target], pods["clawgate"], others
 
 
-@pytest.mark.parametrize("target,port", [("openclaw-gateway", GATEWAY_PORT), ("redis", REDIS_PORT)])
-def test_only_clawgate_reaches(manifests: list[Doc], target: str, port: int) -> None:
+# What each NetworkPolicy lets clawgate reach: pods and one port. The gateway's pod has
+# two (the gateway and the sshd sidecar), each with its own policy.
+POLICY_PORTS = {
+    "openclaw-gateway-from-clawgate-only": ("openclaw-gateway", GATEWAY_PORT),
+    "openclaw-ssh-from-clawgate-only": ("openclaw-gateway", SSH_UPSTREAM_PORT),
+    "redis-from-clawgate-only": ("redis", REDIS_PORT),
+}
+
+
+@pytest.mark.parametrize(
+    "target,ports",
+    [("openclaw-gateway", {GATEWAY_PORT, SSH_UPSTREAM_PORT}), ("redis", {REDIS_PORT})],
+)
+def test_only_clawgate_reaches(manifests: list[Doc], target: str, ports: set[int]) -> None:
     target_labels, allowed, others = _policy_case(manifests, target)
     policies = of_kind(manifests, "NetworkPolicy")
-    assert ingress_problems(policies, target_labels, port, allowed, others) == []
-    # Each target has its own policy, named for what it does.
-    (own,) = [p for p in policies if selector_matches(p["spec"]["podSelector"], target_labels)]
-    assert own["metadata"]["name"] == f"{target}-from-clawgate-only"
-    assert own["spec"]["policyTypes"] == ["Ingress"]
+    assert ingress_problems(policies, target_labels, ports, allowed, others) == []
+    # Each port has its own policy, named for what it does, and allows that port only.
+    own = [p for p in policies if selector_matches(p["spec"]["podSelector"], target_labels)]
+    assert {p["metadata"]["name"]: POLICY_PORTS[p["metadata"]["name"]] for p in own} == {
+        name: spec for name, spec in POLICY_PORTS.items() if spec[0] == target
+    }
+    for policy in own:
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        _, port = POLICY_PORTS[policy["metadata"]["name"]]
+        assert ingress_problems([policy], target_labels, port, allowed, others) == []
+    # Every port the pods' containers open is covered by a policy: no more, no less.
+    (workload,) = [w for w in workloads(manifests) if pod_labels(w) == target_labels]
+    opened = {p["containerPort"] for c in pod_spec(workload)["containers"] for p in c["ports"]}
+    assert opened == ports
 
 
 POLICY_BREAKAGES: dict[str, Callable[[Doc], None]] = {
@@ -1120,21 +1316,31 @@ POLICY_BREAKAGES: dict[str, Callable[[Doc], None]] = {
 }
 
 
+@pytest.mark.parametrize("policy", sorted(POLICY_PORTS))
 @pytest.mark.parametrize("breakage", sorted(POLICY_BREAKAGES))
-def test_network_policy_check_rejects_wider_policies(manifests: list[Doc], breakage: str) -> None:
-    target_labels, allowed, others = _policy_case(manifests, "redis")
+def test_network_policy_check_rejects_wider_policies(
+    manifests: list[Doc], breakage: str, policy: str
+) -> None:
+    target, port = POLICY_PORTS[policy]
+    target_labels, allowed, others = _policy_case(manifests, target)
     broken = copy.deepcopy(of_kind(manifests, "NetworkPolicy"))
-    own = next(p for p in broken if p["metadata"]["name"] == "redis-from-clawgate-only")
+    own = next(p for p in broken if p["metadata"]["name"] == policy)
+    assert not ingress_problems([own], target_labels, port, allowed, others)
     POLICY_BREAKAGES[breakage](own)
-    assert ingress_problems(broken, target_labels, REDIS_PORT, allowed, others)
+    assert ingress_problems([own], target_labels, port, allowed, others)
 
 
 def test_network_policy_check_counts_every_policy(manifests: list[Doc]) -> None:
     # A second, permissive policy selecting the gateway widens access; it must be seen.
     target_labels, allowed, others = _policy_case(manifests, "openclaw-gateway")
+    ports = {GATEWAY_PORT, SSH_UPSTREAM_PORT}
     extra = {
         "metadata": {"name": "allow-all"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]},
     }
-    policies = [*of_kind(manifests, "NetworkPolicy"), extra]
-    assert ingress_problems(policies, target_labels, GATEWAY_PORT, allowed, others)
+    policies = of_kind(manifests, "NetworkPolicy")
+    assert not ingress_problems(policies, target_labels, ports, allowed, others)
+    assert ingress_problems([*policies, extra], target_labels, ports, allowed, others)
+    # Each policy alone opens its own port only: the SSH policy does not open 18789.
+    ssh_only = [p for p in policies if p["metadata"]["name"] == "openclaw-ssh-from-clawgate-only"]
+    assert ingress_problems(ssh_only, target_labels, GATEWAY_PORT, allowed, others)
