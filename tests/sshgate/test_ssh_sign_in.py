@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -338,3 +339,44 @@ async def test_host_key_is_the_same_after_a_restart(
                 child.terminate(force=True)
                 assert "HOST IDENTIFICATION HAS CHANGED" not in transcript(child)
     assert client.known_hosts.read_text().count("ssh-ed25519") == 1
+
+
+async def test_revoking_the_user_ends_the_ssh_session(door: Door) -> None:
+    child = door.client.spawn(f"{LOGIN}@openclaw")
+    url = await approval_url(child)
+    async with browser() as http:
+        status, _ = await answer(http, url, "alice@example.com", "approve")
+        assert status == 200
+    await expect(child, PROMPT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.cli", "sessions", "revoke",
+        "--user", "alice@example.com", "--config", str(door.gate.path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    text, _ = await finish(child)
+    assert "clawgate: signed out" in text
+
+
+async def test_session_expiry_ends_the_ssh_session(
+    idp: TestIdP, upstream: Upstream, tmp_path: Path
+) -> None:
+    ca_line = init_ca(tmp_path / "user_ca")
+    port, ssh_port = free_port(), free_port()
+    register_client(idp, port)
+    key = tmp_path / "id_ed25519"
+    keygen(key)
+    async with Sshd(tmp_path / "sshd", ca_line, principals=(LOGIN,)) as sshd:
+        config = door_config(port, ssh_port, sshd, upstream, idp, tmp_path)
+        config["cookie_expire"] = "12s"
+        async with running_gate(config, tmp_path):
+            client = SshClient(tmp_path, key, ssh_port)
+            child = client.spawn(f"{LOGIN}@openclaw")
+            url = await approval_url(child)
+            async with browser() as http:
+                status, _ = await answer(http, url, "alice@example.com", "approve")
+                assert status == 200
+            await expect(child, PROMPT)
+            text, _ = await finish(child, timeout=40)
+    assert "clawgate: session expired" in text
