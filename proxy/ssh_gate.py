@@ -153,6 +153,7 @@ class _Live:
     route: str
     login: str
     client_address: str
+    key_fingerprint: str
     valid_until: float
     generation: int
 
@@ -192,6 +193,14 @@ class SshGate:
         session = self._unseal(sealed)
         if session is None or self._runtime.refuses(session):
             return None  # signed out since: ask the browser again
+        if session.needs_refresh(int(time.time())):
+            # Its provider tokens have expired (a refresh elsewhere does not reach this
+            # copy): refresh now, or ask the browser again.
+            updated = await refresh(self._runtime, session)
+            if updated is None:
+                return None
+            session = updated
+            await self._remember(attempt.key_fingerprint, session)
         return self._admit(attempt, session)
 
     async def begin_approval(self, attempt: Attempt) -> str:
@@ -272,6 +281,7 @@ class SshGate:
                 return "session expired"
             live.session = updated
             live.valid_until = now  # decide again below with the refreshed identity
+            await self._remember(live.key_fingerprint, updated)
         generation = runtime.snapshot.generation
         if now < live.valid_until and generation == live.generation:
             return None
@@ -311,17 +321,20 @@ class SshGate:
             return Refusal("the approval could not be read", "bad answer")
         result = self._admit(attempt, session)
         if isinstance(result, Grant):
-            remaining = session.expires_at - time.time()
-            if remaining > 0:
-                try:
-                    await self._runtime.store.put(
-                        _KEY + attempt.key_fingerprint,
-                        seal_session(self._runtime, session),
-                        remaining,
-                    )
-                except StoreError:
-                    log.warning("ssh_key_not_remembered", reason="store unreachable")
+            await self._remember(attempt.key_fingerprint, session)
         return result
+
+    async def _remember(self, fingerprint: str, session: Session) -> None:
+        """Bind the key to the session (its latest refresh) until the session ends."""
+        remaining = session.expires_at - time.time()
+        if remaining <= 0:
+            return
+        try:
+            await self._runtime.store.put(
+                _KEY + fingerprint, seal_session(self._runtime, session), remaining
+            )
+        except StoreError:
+            log.warning("ssh_key_not_remembered", reason="store unreachable")
 
     def _admit(self, attempt: Attempt, session: Session) -> Grant | Refusal:
         runtime = self._runtime
@@ -336,6 +349,7 @@ class SshGate:
                 route.name,
                 attempt.login,
                 attempt.client_address,
+                attempt.key_fingerprint,
                 until,
                 runtime.snapshot.generation,
             )
