@@ -12,9 +12,6 @@ file and nobody else on the host can add a key by editing it.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -31,6 +28,7 @@ from proxy.apikeys._model import (
     normalize_route,
     parse_rate,
 )
+from proxy.private_file import write_private
 from proxy.yamlsource import LocatedYaml, YamlError, load_located
 
 __all__ = ["load_key_file", "render_key_file", "save_key_file"]
@@ -163,9 +161,7 @@ def _sha256(value: Any) -> str:
         raise ValueError("must be text (64 hex digits); put it in quotes")
     digest = value.strip().lower()
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ValueError(
-            "must be the 64 hex digits of the key's SHA-256 (never the key itself)"
-        )
+        raise ValueError("must be the 64 hex digits of the key's SHA-256 (never the key itself)")
     return digest
 
 
@@ -194,9 +190,7 @@ def _when(value: Any) -> datetime:
         try:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(
-                f"{value!r} is not a time: write it as 2027-03-05T08:00:00Z"
-            ) from None
+            raise ValueError(f"{value!r} is not a time: write it as 2027-03-05T08:00:00Z") from None
     if isinstance(value, datetime):
         if value.utcoffset() is None:
             raise ValueError(
@@ -260,32 +254,4 @@ def _time(when: datetime) -> str:
 
 def save_key_file(path: Path, keys: Sequence[ApiKey]) -> None:
     """Replace ``path`` with ``keys``, atomically, leaving it at mode 0600."""
-    text = render_key_file(keys)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            # Whatever the umask: nobody else on the host may read or edit the file.
-            os.fchmod(out.fileno(), 0o600)
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    # So the rename itself survives a crash; not possible everywhere, so best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_private(path, render_key_file(keys).encode("utf-8"))

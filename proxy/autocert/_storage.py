@@ -26,7 +26,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import structlog
 
+from proxy import private_file
 from proxy.autocert._config import AutocertError
 
 log = structlog.get_logger("clawgate.autocert")
@@ -57,45 +57,8 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` as a 0600 file, atomically (temp file + rename).
-
-    fsync before the rename, so a crash leaves the old file or the whole new one.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE_FILE)
-    try:
-        # The umask may have taken bits away from the mode given to open(); set it exactly.
-        os.fchmod(fd, _PRIVATE_FILE)
-        with os.fdopen(fd, "wb", closefd=False) as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write ``data`` to ``path`` as a 0600 file, atomically (proxy/private_file.py)."""
+    private_file.write_private(path, data)
 
 
 def read_bytes(path: Path) -> bytes | None:

@@ -12,15 +12,15 @@ of CPU per attempt, a denial of service.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
+
+from proxy.private_file import write_private
 
 __all__ = [
     "DEFAULT_COST",
@@ -262,9 +262,7 @@ def save_htpasswd(path: Path, users: Mapping[str, LocalUser]) -> None:
     for key, user in users.items():
         if key != user.name:
             raise ValueError(f"user {user.name!r} is filed under {key!r}")
-        problem = name_problem(user.name) or hash_problem(
-            user.password_hash, path, user.name
-        )
+        problem = name_problem(user.name) or hash_problem(user.password_hash, path, user.name)
         if problem is not None:
             raise ValueError(f"user {user.name!r}: {problem}")
         out.append(f"{user.name}:{file_form(user.password_hash).decode()}")
@@ -307,26 +305,5 @@ def write_atomically(path: Path, lines: Iterable[str]) -> None:
     except FileNotFoundError:
         before = None
     text = "".join(f"{line}\n" for line in lines)
-    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # mkstemp's already; said, not assumed
-            owner = None if before is None else (before.st_uid, before.st_gid)
-            if owner is not None and owner != (os.geteuid(), os.getegid()):
-                # Not root: the file becomes ours, still 0600.
-                with contextlib.suppress(PermissionError):
-                    os.fchown(handle.fileno(), *owner)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    # The rename itself survives a crash only once the directory is on disk.
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    owner = None if before is None else (before.st_uid, before.st_gid)
+    write_private(target, text.encode("utf-8"), owner=owner)

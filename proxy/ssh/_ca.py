@@ -9,7 +9,6 @@ what the route allows, so the upstream enforces the route's limits too.
 
 from __future__ import annotations
 
-import os
 import secrets
 import stat
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import asyncssh
 import structlog
 
+from proxy.private_file import write_private
 from proxy.ssh._types import SshRoute, SshSetupError
 
 log = structlog.get_logger("clawgate.ssh")
@@ -142,7 +142,8 @@ def init_ca(path: Path, *, force: bool = False) -> str:
     public_line = key.export_public_key("openssh").decode("ascii").strip()
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_private(path, private, replace=force)
+        if not write_private(path, private, replace=force):
+            raise FileExistsError(path)
         pub_path.write_text(public_line + "\n", encoding="ascii")
     except FileExistsError:
         raise SshSetupError(
@@ -151,24 +152,3 @@ def init_ca(path: Path, *, force: bool = False) -> str:
     except OSError as exc:
         raise SshSetupError(f"SSH user CA key {path}: cannot write ({exc.strerror})") from None
     return public_line
-
-
-def _write_private(path: Path, data: bytes, *, replace: bool) -> None:
-    """Write ``data`` to ``path``, 0600 from the first byte, never half-written.
-
-    Without ``replace``, an existing file wins (FileExistsError), even one created
-    between the caller's check and now.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import asyncssh
 import structlog
 
+from proxy.private_file import write_private
 from proxy.ssh._types import SshSetupError
 
 log = structlog.get_logger("clawgate.ssh")
@@ -79,22 +79,13 @@ def _read_key(path: Path, what: str) -> asyncssh.SSHKey:
 def _generate(path: Path, alg: str, params: dict[str, int]) -> None:
     """Generate a key into ``path`` (0600); if another process got there first, keep theirs."""
     key = asyncssh.generate_private_key(alg, comment="clawgate", **params)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key.export_private_key("openssh"))
-            out.flush()
-            os.fsync(out.fileno())
-        # link() fails when the name exists: two workers starting at once end up with
-        # the one key that was linked first, and nobody ever reads a half-written file.
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
+        # Not replacing: two workers starting at once end up with the one key written
+        # first, and nobody ever reads a half-written file.
+        if write_private(path, key.export_private_key("openssh"), replace=False):
             log.info("ssh_host_key_generated", file=str(path), fingerprint=key.get_fingerprint())
     except OSError as exc:
         raise SshSetupError(f"SSH host key {path}: cannot write ({exc.strerror})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _pattern(host: str, port: int) -> str:

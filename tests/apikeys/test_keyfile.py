@@ -165,7 +165,7 @@ def test_a_failed_save_leaves_the_old_file_whole(
     def broken(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("proxy.apikeys._file.os.replace", broken)
+    monkeypatch.setattr("proxy.private_file.os.replace", broken)
     with pytest.raises(OSError, match="No space"):
         save_key_file(path, [])
     assert path.read_bytes() == before
