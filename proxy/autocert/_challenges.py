@@ -102,6 +102,20 @@ def publish_tls_alpn01(state: StateDir, host: str, key_authorization: str) -> ss
     return alpn_context(cert_pem, key_pem, state.scratch)
 
 
+def read_http01(state: StateDir, token: str) -> str | None:
+    """A token another process published and this one has not scanned yet (the CA's
+    request can reach any worker at once): read from the disk, if fresh."""
+    if not valid_token(token):
+        return None
+    path = state.http01_dir / token
+    try:
+        if time.time() - path.stat().st_mtime > _STALE_AFTER:
+            return None
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def withdraw_http01(state: StateDir, token: str) -> None:
     if valid_token(token):
         with contextlib.suppress(FileNotFoundError):

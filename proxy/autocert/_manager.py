@@ -222,7 +222,8 @@ class Autocert:
 
     def http01(self, token: str) -> str | None:
         """The key authorization for ``GET /.well-known/acme-challenge/<token>``."""
-        return self._board.http01.get(token)
+        known = self._board.http01.get(token)
+        return known if known is not None else challenges.read_http01(self._state, token)
 
     # -- what it is doing ---------------------------------------------------------------
 

@@ -143,3 +143,20 @@ async def test_the_shared_store_lock_is_held_around_an_order(
     assert name.startswith("autocert:") and name.endswith(":a.test")
     assert ttl >= 300 and wait > 0
     await store.aclose()
+
+
+def test_an_http01_token_is_answered_before_the_next_scan(tmp_path: Path) -> None:
+    """The CA's request may reach a worker the moment the token is published, before
+    that worker's scan of the challenge directory: it reads the file itself."""
+    from proxy.autocert import AutocertConfig
+    from proxy.autocert import _challenges as challenges
+
+    config = AutocertConfig(directory_url="https://127.0.0.1:9/dir", state_dir=tmp_path / "s")
+    publisher, other = Autocert(config), Autocert(config)
+    token = "A" * 43
+    assert other.http01(token) is None
+    challenges.publish_http01(publisher._state, token, f"{token}.thumb")
+    assert other.http01(token) == f"{token}.thumb"
+    assert other.http01("../../etc/passwd") is None  # only well-formed tokens are looked up
+    challenges.withdraw_http01(publisher._state, token)
+    assert other.http01(token) is None
