@@ -17,12 +17,34 @@ from pathlib import Path
 import asyncssh
 import pexpect
 import pytest
+import structlog
 
-from proxy.ssh import Attempt, Grant, Refusal, SshDoor, SshRoute, UserCA, init_ca
+from proxy.ssh import (
+    Attempt,
+    Grant,
+    Refusal,
+    SshDoor,
+    SshRoute,
+    UserCA,
+    _ca,
+    _door,
+    _hostkeys,
+    _relay,
+    init_ca,
+)
 from tests.support.sshd import Sshd, keygen
 
 LOGIN = "claw"
 PRINCIPAL = getpass.getuser()  # the upstream login; its AuthorizedPrincipalsFile lists it
+
+
+@pytest.fixture(autouse=True)
+def fresh_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loggers not yet bound: an earlier test that ran clawgate (structlog configured,
+    loggers cached on first use) would otherwise keep ``capture_logs`` from seeing the
+    door's lines."""
+    for module in (_ca, _door, _hostkeys, _relay):
+        monkeypatch.setattr(module, "log", structlog.get_logger("clawgate.ssh"))
 
 
 def grant_for(
