@@ -642,7 +642,9 @@ async def serve(
         if autocert is not None:
             from proxy.certificates import autocert_hosts, report_expiry
 
-            hosts = lambda: autocert_hosts(runtime.snapshot)  # noqa: E731
+            def hosts() -> list[str]:  # the snapshot in force at each look
+                return autocert_hosts(runtime.snapshot)
+
             tasks.append(asyncio.create_task(autocert.run(hosts, autocert_wake)))
             tasks.append(asyncio.create_task(report_expiry(autocert)))
         tasks.append(asyncio.create_task(_session_sweeper(runtime, shared)))
