@@ -254,14 +254,8 @@ def build_snapshot(
             api_keys = load_key_file(key_file)
     except KeyFileError as exc:
         problems.append(str(exc))
-    ca_file = side_file(source, settings.ssh_user_ca_key_file)
-    if settings.ssh_address is not None and ca_file is not None:
-        from proxy.ssh import SshSetupError, UserCA
-
-        try:
-            UserCA.load(ca_file)
-        except SshSetupError as exc:
-            problems.append(describe(source, located, ("ssh_user_ca_key_file",), str(exc)))
+    if settings.ssh_address is not None:
+        problems += _ssh_file_problems(settings, located, source)
     try:
         password_file = side_file(source, settings.htpasswd_file)
         if password_file is not None:
@@ -323,6 +317,38 @@ def _compile_route(index: int, rs: RouteSettings, settings: Settings) -> Route:
         if rs.pass_identity_headers is None
         else rs.pass_identity_headers,
     )
+
+
+def _ssh_file_problems(settings: Settings, located: LocatedYaml | None, source: str) -> list[str]:
+    """The SSH door's key files, read now so that check (and a start) name a bad one."""
+    from proxy.ssh import SshSetupError, UserCA, read_host_key
+
+    problems = []
+    ca_file = side_file(source, settings.ssh_user_ca_key_file)
+    if ca_file is not None:
+        try:
+            UserCA.load(ca_file)
+        except SshSetupError as exc:
+            problems.append(describe(source, located, ("ssh_user_ca_key_file",), str(exc)))
+    for index, named in enumerate(settings.ssh_host_key_files):
+        path = side_file(source, named)
+        assert path is not None
+        try:
+            read_host_key(path)
+        except SshSetupError as exc:
+            loc = ("ssh_host_key_files", index)
+            problems.append(describe(source, located, loc, str(exc)))
+    known = side_file(source, settings.ssh_upstream_known_hosts_file)
+    if known is not None and not known.is_file():
+        problems.append(
+            describe(
+                source,
+                located,
+                ("ssh_upstream_known_hosts_file",),
+                f"{known}: not a readable known_hosts file",
+            )
+        )
+    return problems
 
 
 def _compile_ssh_route(index: int, rs: RouteSettings) -> SshRouteConfig:

@@ -8,6 +8,7 @@ See proxy/ssh/_door.py for the sign-in, step by step.
 
 from proxy.ssh._ca import CERT_LIFETIME, CLOCK_SKEW, CertExtensions, UserCA, init_ca
 from proxy.ssh._door import SshDoor, split_username
+from proxy.ssh._hostkeys import read_host_key
 from proxy.ssh._types import (
     Attempt,
     Gate,
@@ -34,5 +35,6 @@ __all__ = [
     "SshStats",
     "UserCA",
     "init_ca",
+    "read_host_key",
     "split_username",
 ]

@@ -43,10 +43,15 @@ def ensure_state_dir(state_dir: Path) -> None:
         raise SshSetupError(f"SSH state directory {state_dir}: not a directory")
 
 
+def read_host_key(path: Path) -> asyncssh.SSHKey:
+    """A configured host key file (SshSetupError naming the file and the reason)."""
+    return _read_key(path, "SSH host key")
+
+
 def load_host_keys(files: Sequence[Path], state_dir: Path) -> list[asyncssh.SSHKey]:
     """The door's host keys: ``files`` when given, else generated once in ``state_dir``."""
     if files:
-        return [_read_key(path, "SSH host key") for path in files]
+        return [read_host_key(path) for path in files]
     ensure_state_dir(state_dir)
     keys = []
     for name, alg, params in _GENERATED:

@@ -132,8 +132,26 @@ def test_audit_findings_for_the_door_and_autocert(tmp_path: Path) -> None:
 
 
 def test_audit_is_quiet_about_a_tight_door(tmp_path: Path) -> None:
+    (tmp_path / "known_hosts").write_text("[openclaw-ssh]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\n")
     extra = SSH + f"ssh_upstream_known_hosts_file: {tmp_path}/known_hosts\n"
     path = config(tmp_path, extra)
     assert run("ssh-ca", "init", "--config", str(path)).returncode == 0
     findings = audit_config(load_snapshot(path), path)
     assert not [f for f in findings if "ssh" in f.key.lower()], findings
+
+
+def test_check_names_a_bad_host_key_and_a_missing_known_hosts_file(tmp_path: Path) -> None:
+    (tmp_path / "host_key").write_text("not a key\n")
+    extra = (
+        SSH
+        + "ssh_host_key_files: [host_key]\n"
+        + "ssh_upstream_known_hosts_file: missing_known_hosts\n"
+    )
+    path = config(tmp_path, extra)
+    assert run("ssh-ca", "init", "--config", str(path)).returncode == 0
+    checked = run("check", "--config", str(path))
+    assert checked.returncode == 2
+    err = checked.stderr
+    assert "ssh_host_key_files[0]" in err and "host_key" in err and "not a usable" in err
+    assert "ssh_upstream_known_hosts_file" in err and "missing_known_hosts" in err
+    assert "not a key" not in err  # the file's content is never echoed
