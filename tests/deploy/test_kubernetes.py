@@ -895,21 +895,9 @@ def test_configmap_config_follows_config_example(config: Doc) -> None:
 
 def write_ssh_key(path: Path) -> str:
     """An unencrypted OpenSSH Ed25519 private key at ``path``; returns its public line."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from tests.deploy.test_deploy_files import write_ssh_key as write_with_pub
 
-    key = ed25519.Ed25519PrivateKey.generate()
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    return public.decode("ascii")
+    return write_with_pub(path)
 
 
 def _dummy_secret(key: str, tmp: Path, template: Mapping[str, str]) -> str | None:
