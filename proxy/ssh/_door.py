@@ -109,6 +109,15 @@ class _DoorServerConnection(asyncssh.SSHServerConnection):
             return False
         return result
 
+    async def create_agent_listener(self) -> bool:
+        # ``ssh -A``: asyncssh would open a socket for the user's agent on the clawgate
+        # host; only a route that allows agent forwarding gets one (its certificate then
+        # lets the upstream use it, through SessionRelay).
+        owner = cast("_UserConnection | None", self.get_owner())
+        if owner is None or not owner.agent_forwarding_allowed:
+            return False
+        return await super().create_agent_listener()
+
     def send_userauth_failure(self, partial_success: bool) -> None:
         # A proven key that still needs an approval: "partial success", so the client
         # knows the key was fine and continues with the methods now listed (only
@@ -165,6 +174,17 @@ class _UserConnection(asyncssh.SSHServer):
         self._ending: str | None = None
         self._closed = asyncio.Event()
         self._linger: asyncio.TimerHandle | None = None
+
+    @property
+    def agent_forwarding_allowed(self) -> bool:
+        """Signed in, on a route that allows the user's agent to be forwarded."""
+        live = self._live
+        return live is not None and live.attempt.route.allow_agent_forwarding
+
+    def agent_path(self) -> str | None:
+        """The socket of the user's forwarded agent, if ``ssh -A`` asked for one here."""
+        conn = self._conn
+        return conn.get_agent_path() if conn is not None else None
 
     # -- the connection ----------------------------------------------------------------
 
@@ -691,8 +711,9 @@ class SshDoor:
             encoding=None,
             line_editor=False,
             allow_scp=False,
-            # Forwarded agents and X11 would land on the clawgate host: never.
-            agent_forwarding=False,
+            # A forwarded agent is a socket on the clawgate host (a private directory),
+            # opened only for routes that allow it (_DoorServerConnection); X11: never.
+            agent_forwarding=True,
             x11_forwarding=False,
             public_key_auth=True,
             kbdint_auth=True,

@@ -34,11 +34,15 @@ def safe_env(env: Mapping[bytes, bytes]) -> dict[bytes | str, bytes | str]:
 
 
 class Meter(Protocol):
-    """Where relays count the bytes they move."""
+    """The user connection as its relays see it: where they count the bytes they move,
+    and the socket of the user's forwarded agent (None unless `ssh -A` on a route that
+    allows it)."""
 
     def count_in(self, n: int) -> None: ...
 
     def count_out(self, n: int) -> None: ...
+
+    def agent_path(self) -> str | None: ...
 
 
 class SessionRelay(asyncssh.SSHServerSession[bytes]):
@@ -113,6 +117,13 @@ class SessionRelay(asyncssh.SSHServerSession[bytes]):
         chan = self._chan
         assert chan is not None
         env = safe_env(chan.get_environment_bytes())
+        # ``ssh -A`` on a route that allows it: the upstream session asks for agent
+        # forwarding, and the agent channels it opens go to the user's agent socket.
+        # asyncssh asks for it on every session of a connection whose agent path is
+        # set, and has no public way to set it after connecting.
+        agent = self._meter.agent_path()
+        if agent is not None:
+            self._upstream._agent_forward_path = agent
         try:
             if self._pty is not None:
                 term_type, term_size, term_modes = self._pty

@@ -213,8 +213,11 @@ async def test_no_pty_route_and_agent_x11_refused(
     out, status = await finish(child)
     assert "not a tty" in out
     assert status == 4
-    # ...and never relays an agent or X11: those would need listeners on the clawgate
-    # host, which the door does not open.
+    # ...relays the user's agent (the route allows it), never X11 (no listener for it on
+    # the clawgate host), and on a route that does not allow it, no agent either.
+    gate.routes["plain"] = SshRoute(
+        name="plain", upstream_host="127.0.0.1", upstream_port=sshd.port
+    )
     agent = tmp_path / "agent.sock"
     proc = await asyncio.create_subprocess_exec(
         "/usr/bin/ssh-agent", "-a", str(agent), "-D",
@@ -225,13 +228,33 @@ async def test_no_pty_route_and_agent_x11_refused(
             if agent.exists():
                 break
             await asyncio.sleep(0.05)
+        added = await asyncio.create_subprocess_exec(
+            "/usr/bin/ssh-add", str(client.key),
+            env={"SSH_AUTH_SOCK": str(agent)},
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert await added.wait() == 0
+        forwarding = ("-A", "-o", f"IdentityAgent={agent}", "-X")
         ran = await run_ssh(
             client,
             "claw@batch",
-            'echo "agent=${SSH_AUTH_SOCK-none} display=${DISPLAY-none}"',
-            options=("-A", "-o", f"IdentityAgent={agent}", "-X", "-v"),
+            'echo "display=${DISPLAY-none}"; ssh-add -l',
+            options=forwarding,
+        )
+        await sign_in(gate, client, "claw@plain")
+        refused = await run_ssh(
+            client,
+            "claw@plain",
+            'echo "agent=${SSH_AUTH_SOCK-none}"',
+            options=forwarding,
         )
     finally:
         proc.terminate()
         await proc.wait()
-    assert ran.stdout == b"agent=none display=none\n", ran.stderr
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-lf", str(client.key)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    lines = ran.stdout.decode().splitlines()
+    assert lines[0] == "display=none", ran.stderr
+    assert fingerprint in ran.stdout.decode(), ran  # the user's key, through the relay
+    assert refused.stdout == b"agent=none\n", refused.stderr
