@@ -133,12 +133,17 @@ async def run_scenario(
     await asyncio.sleep(2)  # the other worker loads what this one stored (1 s scan)
     for _ in range(8):  # new connections land on either worker: the same certificate
         assert (await served(port, "a.test", root)).serial_number == first["a.test"]
-    # Two workers, one state directory: one order per host, not one per worker.
-    assert pebble_calls(pebble, "POST /order-plz") == 2, pebble.log_text()[-3000:]
+    # Two workers, one state directory: one order per host, not one per worker (plus
+    # one for a challenge that failed and fell back to the other type, should the CA's
+    # validation have reached a worker before it saw the challenge: logged if so).
+    retried = len(events(gate, "autocert_challenge_failed"))
+    orders = pebble_calls(pebble, "POST /order-plz")
+    assert orders == 2 + retried, pebble.log_text()[-3000:]
     assert pebble_calls(pebble, "POST /sign-me-up") == 1
     obtained = events(gate, "autocert_certificate_obtained")
-    assert {e["host"] for e in obtained} == {"a.test", "b.test"}
-    assert {e["challenge"] for e in obtained} == {"tls-alpn-01"}
+    assert sorted(e["host"] for e in obtained) == ["a.test", "b.test"]
+    expected = {"tls-alpn-01"} if not retried else {"tls-alpn-01", "http-01"}
+    assert {e["challenge"] for e in obtained} <= expected, obtained
     files = tmp / "autocert"
     keys = list(files.rglob("key.pem"))
     assert len(keys) >= 2 and all(k.stat().st_mode & 0o777 == 0o600 for k in keys)
