@@ -49,6 +49,7 @@ from proxy.settings import (
 )
 from proxy.shared_state import SHARED, SharedState
 from proxy.snapshot import HSTS, Snapshot, build_snapshot, changed_restart_keys, side_file
+from proxy.ssh_gate import loggable_path
 from proxy.store import open_store
 from proxy.throttle import THROTTLE, Throttle, ip_refusal
 from proxy.tls import CertificateStore
@@ -100,7 +101,7 @@ async def access_log(
         raise
     except Exception:
         # The trace goes to the log only; the client gets a plain page with the id.
-        log.exception("unhandled_error", request_id=rid, path=request.path)
+        log.exception("unhandled_error", request_id=rid, path=loggable_path(request.path))
         return pages.error(
             request,
             500,
@@ -116,7 +117,7 @@ async def access_log(
             "access",
             method=request.method,
             host=request.host,
-            path=request.path,
+            path=loggable_path(request.path),
             status=status,
             duration_ms=round(elapsed * 1000, 2),
             user=request.get(USER),

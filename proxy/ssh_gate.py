@@ -53,6 +53,14 @@ _KEY = "ssh:k:"
 _POLL = 0.25
 
 
+def loggable_path(path: str) -> str:
+    """``path`` for a log line: an approval link's code is left out, since until it is
+    answered it lets whoever holds it answer the sign-in."""
+    if path.startswith(APPROVAL_PREFIX):
+        return APPROVAL_PREFIX + "<code>"
+    return path
+
+
 @dataclass(frozen=True)
 class PendingApproval:
     """What the approval page shows and decides on."""

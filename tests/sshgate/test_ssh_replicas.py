@@ -102,6 +102,10 @@ async def test_approval_and_sign_out_through_the_other_replica(
                     assert out.status == 302
             text, _ = await finish(child, timeout=30)
             assert "clawgate: signed out" in text
+            # The approval code answers the sign-in: no log line of either replica has it.
+            code = code_path.rsplit("/", 1)[1]
+            assert "/.clawgate/ssh/<code>" in gates[1].log_text()
+            assert all(code not in gate.log_text() for gate in gates)
         finally:
             for gate in gates:
                 await asyncio.to_thread(gate.stop)
