@@ -65,6 +65,31 @@ def load_or_report(config: str | None) -> Snapshot | None:
         return None
 
 
+def configured_file(config: str | None, key: str, hint: str) -> Path | None:
+    """The file the config's ``key`` names (relative to the config file); None after
+    saying why there is none.
+
+    The settings alone, not the whole snapshot (``load_or_report``), which also reads
+    the file and refuses a missing or broken one: what the commands calling this are
+    there to create or repair."""
+    from proxy.settings import load_settings
+    from proxy.snapshot import side_file
+
+    source = _config_path(config)
+    try:
+        settings, _ = load_settings(source)
+    except ConfigError as exc:
+        print(f"{source}: INVALID", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+    named = getattr(settings, key)
+    if named is None:
+        print(f"clawgate: {source} does not set {key}: {hint}", file=sys.stderr)
+        return None
+    return side_file(str(source), named)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     snap = load_or_report(args.config)

@@ -25,38 +25,19 @@ from proxy.localusers._file import (
     name_problem,
     read_lines,
 )
-from proxy.settings import ConfigError, load_settings
 
 __all__ = ["add_passwd_commands"]
 
 
 def _password_file(config: str | None) -> Path | None:
-    """The configured file, a relative path taken from the config file's directory;
-    None after saying why there is none.
+    """The configured file; None after saying why there is none."""
+    from proxy.cli import configured_file
 
-    The settings alone, not the whole snapshot (cli.load_or_report): that one loads
-    the password file too, and refuses a missing or weak one, which is what ``add``
-    is here to create or repair."""
-    from proxy.cli import _config_path
-    from proxy.snapshot import side_file
-
-    source = _config_path(config)
-    try:
-        settings, _ = load_settings(source)
-    except ConfigError as exc:
-        print(f"{source}: INVALID", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
-    configured = settings.htpasswd_file
-    if configured is None:
-        print(
-            f"clawgate: {source} does not set htpasswd_file: name the file that keeps "
-            "the local users (e.g. htpasswd_file: users.htpasswd)",
-            file=sys.stderr,
-        )
-        return None
-    return side_file(str(source), configured)
+    return configured_file(
+        config,
+        "htpasswd_file",
+        "name the file that keeps the local users (e.g. htpasswd_file: users.htpasswd)",
+    )
 
 
 def _cost(value: str) -> int:

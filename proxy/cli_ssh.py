@@ -6,31 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from proxy.settings import ConfigError, load_settings
-
 
 def _key_file(args: argparse.Namespace) -> Path | None:
     """--key-file, else the config's ssh_user_ca_key_file (relative to the config)."""
     if args.key_file:
         return Path(args.key_file)
-    from proxy.cli import _config_path
-    from proxy.snapshot import side_file
+    from proxy.cli import configured_file
 
-    path = _config_path(args.config)
-    try:
-        settings, _ = load_settings(path)
-    except ConfigError as exc:
-        print(f"{path}: INVALID", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return None
-    named = side_file(str(path), settings.ssh_user_ca_key_file)
-    if named is None:
-        print(
-            f"clawgate: {path} sets no ssh_user_ca_key_file; name the file with --key-file",
-            file=sys.stderr,
-        )
-    return named
+    return configured_file(
+        args.config, "ssh_user_ca_key_file", "name the file with it or with --key-file"
+    )
 
 
 def cmd_ssh_ca_init(args: argparse.Namespace) -> int:
