@@ -398,7 +398,9 @@ async def answer(
 ) -> bool:
     """Write the one answer to an approval; False if it was answered before."""
     store = runtime.store
-    ttl = 600.0
+    # Kept past its attempt's own lifetime: while the attempt can still be read, its
+    # answer must be there to say the link is spent.
+    ttl = runtime.snapshot.settings.ssh_approval_timeout + 60.0
     async with store.lock("ssh-approval:" + code, 10.0, 5.0) as held:
         if not held or await store.get(_ANSWER + code) is not None:
             return False

@@ -4,6 +4,7 @@ remembered keys, and re-decisions of open connections."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,18 @@ async def test_a_refusal_and_a_timeout(tmp_path: Path) -> None:
     stray = await gate.wait_approval(attempt(route, fp="SHA256:x"), 0.3)
     assert isinstance(stray, Refusal)
     assert find_route(rt.snapshot, "openclaw") is not None
+
+
+async def test_an_answer_outlives_its_attempt_whatever_the_timeout(tmp_path: Path) -> None:
+    rt = runtime(tmp_path, ssh_route())
+    settings = rt.snapshot.settings.model_copy(update={"ssh_approval_timeout": 3600.0})
+    rt.snapshot = dataclasses.replace(rt.snapshot, settings=settings)
+    gate = SshGate(rt)
+    route = gate.route(None)
+    assert isinstance(route, SshRoute)
+    code = (await gate.begin_approval(attempt(route))).rsplit("/", 1)[1]
+    assert await answer(rt, code, session=session(), refusal=None)
+    values = rt.store._values  # type: ignore[attr-defined]
+    pending_until = values["ssh:p:" + code][1]
+    answer_until = values["ssh:a:" + code][1]
+    assert answer_until > pending_until
