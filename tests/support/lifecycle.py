@@ -1,4 +1,5 @@
-"""``with`` and ``async with`` for the test servers that have ``start()`` and ``stop()``."""
+"""``with`` and ``async with`` for the test servers that have ``start()`` and ``stop()``
+(or, for servers run from the event loop, ``async start()`` and ``async close()``)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,29 @@ class StartStop:
         tb: TracebackType | None,
     ) -> None:
         await asyncio.to_thread(self.stop)
+
+
+class AsyncStartClose:
+    """Subclasses define ``async start() -> Self`` and ``async close()``; a start that
+    fails is closed too, so nothing it began outlives the test."""
+
+    async def start(self) -> Self:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -26,10 +26,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from tests.support.certificates import local_certificates
+from tests.support.lifecycle import AsyncStartClose
 from tests.support.upstream import free_port
 
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
@@ -37,7 +37,7 @@ CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtest
 _READY_WITHIN = 15.0
 
 
-class Pebble:
+class Pebble(AsyncStartClose):
     """``async with Pebble(http_port=..., tls_port=...) as pebble:`` runs Pebble and its
     DNS until the end of the block."""
 
@@ -141,21 +141,6 @@ class Pebble:
     async def root_pem(self) -> str:
         """The root the certificates Pebble issues chain to (new at every start)."""
         return await asyncio.to_thread(self._get, "/roots/0")
-
-    async def __aenter__(self) -> Self:
-        try:
-            return await self.start()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _config(self) -> dict[str, Any]:
         config: dict[str, Any] = {

@@ -15,20 +15,20 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
 import redis.asyncio
 
 from tests.support.certificates import local_certificates
+from tests.support.lifecycle import AsyncStartClose
 from tests.support.upstream import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 _READY_WITHIN = 10.0
 
 
-class RedisServer:
+class RedisServer(AsyncStartClose):
     """``async with RedisServer(...) as server:`` runs one redis-server until the end."""
 
     def __init__(
@@ -108,21 +108,6 @@ class RedisServer:
     async def close(self) -> None:
         await self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    async def __aenter__(self) -> Self:
-        try:
-            return await self.start()
-        except BaseException:
-            await self.close()
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _arguments(self) -> list[str]:
         if self.sentinel_of is not None:

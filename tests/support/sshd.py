@@ -18,7 +18,8 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+
+from tests.support.lifecycle import AsyncStartClose
 
 SSHD = "/usr/sbin/sshd"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
@@ -40,7 +41,7 @@ def keygen(path: Path, kind: str = "ed25519", comment: str = "test") -> str:
     return path.with_name(path.name + ".pub").read_text().strip()
 
 
-class Sshd:
+class Sshd(AsyncStartClose):
     """``async with Sshd(dir, ca_line) as sshd``: a running sshd; ``sshd.port``, ``sshd.log()``."""
 
     def __init__(
@@ -155,15 +156,7 @@ class Sshd:
             proc.kill()
             await proc.wait()
 
-    async def __aenter__(self) -> Sshd:
-        return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def close(self) -> None:
         await self.stop()
 
     def log(self) -> str:
